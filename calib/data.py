@@ -1,0 +1,224 @@
+"""Real images for checks and calibration: bundled sample photos, image folders, and preprocessing.
+
+No network: ``photos`` are the sample photographs that ship inside scikit-image and scikit-learn.
+Samples are crops of them at several scales and positions, ordered so that the first samples come
+from different photos; ``offset`` selects a disjoint slice (calibration vs evaluation sets).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataSourceError(ValueError):
+    """A data source that is empty, unreadable or of the wrong shape (one-line message)."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """ImageNet-style preprocessing: resize the short side, centre-crop, scale to [0,1], normalise.
+
+    ``resize`` defaults to size·256/224 (the ImageNet evaluation ratio). ``channels`` 1 converts to
+    grey (mean over RGB); ``order`` "BGR" swaps channels; ``layout`` "NHWC" transposes the result.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize: int | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    order: str = "RGB"
+    layout: str = "NCHW"
+    channels: int = 3
+
+    @classmethod
+    def for_input_shape(cls, shape: Sequence[int], **overrides) -> Preprocess:
+        """Preset for a model input of shape (N, C, H, W) or (N, H, W, C) with ``layout``."""
+        layout = overrides.get("layout", "NCHW")
+        if len(shape) != 4:
+            raise DataSourceError(f"image data needs a 4-D model input, got shape {tuple(shape)}")
+        c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        if c not in (1, 3):
+            raise DataSourceError(f"image data gives 1 or 3 channels, the model input has {c}")
+        if c == 1:
+            overrides.setdefault("mean", (0.5,))
+            overrides.setdefault("std", (0.25,))
+        return cls(size=(int(h), int(w)), channels=int(c), **overrides)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One PIL image → float32 array (C, H, W) or (H, W, C)."""
+        h, w = self.size
+        short = self.resize or round(min(h, w) * 256 / 224)
+        image = image.convert("RGB")
+        scale = short / min(image.size)
+        new_size = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
+        image = image.resize(new_size, Image.BILINEAR)
+        left, top = (image.width - w) // 2, (image.height - h) // 2
+        image = image.crop((left, top, left + w, top + h))
+        x = np.asarray(image, dtype=np.float32) / 255.0
+        if self.channels == 1:
+            x = x.mean(axis=2, keepdims=True)
+        elif self.order.upper() == "BGR":
+            x = x[:, :, ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "NCHW" else x, dtype=np.float32)
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _motorcycle(side: int) -> Callable[[], np.ndarray]:
+    # stereo_motorcycle() returns (left, right, disparity); the disparity map holds infinities: excluded.
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return skimage.data.stereo_motorcycle()[side]
+
+    return load
+
+
+def _sklearn(index: int) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        from sklearn.datasets import load_sample_images
+
+        return load_sample_images().images[index]
+
+    return load
+
+
+# Natural photographs only (no synthetic test patterns); greyscale ones are expanded to RGB.
+PHOTOS: dict[str, Callable[[], np.ndarray]] = {
+    "astronaut": _skimage("astronaut"),
+    "chelsea": _skimage("chelsea"),
+    "coffee": _skimage("coffee"),
+    "rocket": _skimage("rocket"),
+    "hubble_deep_field": _skimage("hubble_deep_field"),
+    "immunohistochemistry": _skimage("immunohistochemistry"),
+    "retina": _skimage("retina"),
+    "motorcycle_left": _motorcycle(0),
+    "motorcycle_right": _motorcycle(1),
+    "china": _sklearn(0),
+    "flower": _sklearn(1),
+    "camera": _skimage("camera"),
+    "moon": _skimage("moon"),
+    "coins": _skimage("coins"),
+    "clock": _skimage("clock"),
+    "brick": _skimage("brick"),
+    "grass": _skimage("grass"),
+    "gravel": _skimage("gravel"),
+    "text": _skimage("text"),
+}
+
+# Crop boxes as (scale of the short side, x position, y position), positions in [0, 1].
+_GRID = (0.0, 0.5, 1.0)
+CROPS: tuple[tuple[float, float, float], ...] = (
+    ((1.0, 0.5, 0.5),)
+    + tuple((0.7, x, y) for y in _GRID for x in _GRID)
+    + tuple((0.45, x, y) for y in _GRID for x in _GRID)
+)
+
+
+def photo_names() -> list[str]:
+    return list(PHOTOS)
+
+
+def max_photo_samples() -> int:
+    return len(PHOTOS) * len(CROPS)
+
+
+@functools.cache
+def _photo(name: str) -> Image.Image:
+    array = PHOTOS[name]()
+    if array.dtype != np.uint8:
+        raise DataSourceError(f"sample photo {name} is {array.dtype}, expected uint8")
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return Image.fromarray(array[:, :, :3])
+
+
+def _crop(image: Image.Image, scale: float, x: float, y: float) -> Image.Image:
+    side = round(min(image.size) * scale)
+    left = round((image.width - side) * x)
+    top = round((image.height - side) * y)
+    if scale == 1.0:  # the whole photo, as ImageNet evaluation sees it
+        return image
+    return image.crop((left, top, left + side, top + side))
+
+
+def load_photos(n: int, preprocess: Preprocess | None = None, offset: int = 0) -> np.ndarray:
+    """``n`` preprocessed crops of the bundled photos, starting at sample ``offset``.
+
+    Sample i is crop i // P of photo i % P (P photos), so any window of P samples spans every photo
+    and windows that do not overlap share no crop.
+    """
+    preprocess = preprocess or Preprocess()
+    names = photo_names()
+    total = max_photo_samples()
+    if n < 1:
+        raise DataSourceError(f"asked for {n} photo samples; ask for at least 1")
+    if offset + n > total:
+        raise DataSourceError(
+            f"photos hold {total} samples ({len(names)} photos × {len(CROPS)} crops); "
+            f"asked for {n} from offset {offset} — use an image folder for more"
+        )
+    out = []
+    for i in range(offset, offset + n):
+        image = _photo(names[i % len(names)])
+        out.append(preprocess(_crop(image, *CROPS[i // len(names)])))
+    return np.stack(out)
+
+
+@dataclass
+class FolderImages:
+    """Images read from a folder: the array, the files used, and those skipped as unreadable."""
+
+    array: np.ndarray
+    files: list[Path]
+    skipped: list[Path] = field(default_factory=list)
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataSourceError(f"{root}: not a folder of images")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_image_folder(
+    folder: str | Path, n: int | None = None, preprocess: Preprocess | None = None, offset: int = 0
+) -> FolderImages:
+    """Preprocessed images from ``folder`` (recursive, sorted by path); unreadable files are skipped."""
+    preprocess = preprocess or Preprocess()
+    files = list_image_files(folder)[offset:]
+    if not files:
+        kinds = ", ".join(IMAGE_SUFFIXES)
+        raise DataSourceError(f"{folder}: no images ({kinds}) found — point --data at a folder of images")
+    used, skipped, arrays = [], [], []
+    for path in files:
+        if n is not None and len(arrays) >= n:
+            break
+        try:
+            with Image.open(path) as image:
+                arrays.append(preprocess(image))
+            used.append(path)
+        except (OSError, ValueError):
+            skipped.append(path)
+    if not arrays:
+        raise DataSourceError(f"{folder}: none of the {len(files)} image files could be read")
+    return FolderImages(np.stack(arrays), used, skipped)

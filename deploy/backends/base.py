@@ -1,0 +1,101 @@
+"""The runner contract (DESIGN.md §3): an artifact becomes ``infer(feeds) -> outputs`` on one backend.
+
+A runner is a context manager: entering loads the artifact onto its device, leaving frees it.
+``infer`` validates the feeds against the artifact's input specs so a wrong name, rank or static dim
+fails with one clear line instead of a backend stack trace.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import BadInputError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (ints, or strings for symbolic dims) and dtype of one graph input or output."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: np.dtype = np.dtype(np.float32)
+
+    def concrete(self, batch: int = 1) -> tuple[int, ...]:
+        """The shape with the leading symbolic dim set to ``batch`` (others must be static)."""
+        dims = []
+        for i, d in enumerate(self.shape):
+            if isinstance(d, int) and d > 0:
+                dims.append(d)
+            elif i == 0:
+                dims.append(batch)
+            else:
+                raise BadInputError(
+                    f"input '{self.name}' has a dynamic dim {i} ({d!r}); give the shape with --shape"
+                )
+        return tuple(dims)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return bool(self.shape) and not (isinstance(self.shape[0], int) and self.shape[0] > 0)
+
+
+class Runner(ABC):
+    """Runs one artifact on one backend."""
+
+    name: ClassVar[str]
+    device: ClassVar[str] = "cpu"
+    artifact_kind: ClassVar[str]  # "torch" or "onnx": what this runner executes natively
+
+    def __init__(self, artifact, threads: int | None = None):
+        self.artifact = artifact
+        self.threads = threads
+        self.input_specs: list[TensorSpec] = list(artifact.inputs)
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, detail) when this machine can run the backend, else (False, why not)."""
+
+    @abstractmethod
+    def load(self) -> None: ...
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Free what ``load`` took (default: nothing)."""
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.validate(feeds)
+        return self._run(feeds)
+
+    def validate(self, feeds: dict[str, np.ndarray]) -> None:
+        expected = {s.name: s for s in self.input_specs}
+        if set(feeds) != set(expected):
+            raise BadInputError(
+                f"{self.artifact.label}: inputs {sorted(feeds)} given, the model takes {sorted(expected)}"
+            )
+        for name, array in feeds.items():
+            spec = expected[name]
+            if array.ndim != len(spec.shape):
+                raise BadInputError(
+                    f"{self.artifact.label}: input '{name}' has rank {array.ndim}, expected {len(spec.shape)} "
+                    f"(shape {spec.shape})"
+                )
+            for axis, (got, want) in enumerate(zip(array.shape, spec.shape)):
+                if isinstance(want, int) and want > 0 and got != want:
+                    raise BadInputError(
+                        f"{self.artifact.label}: input '{name}' dim {axis} is {got}, the model fixes it at "
+                        f"{want} (shape {spec.shape})"
+                    )

@@ -1,0 +1,81 @@
+"""PyTorch eager runners: ``torch-cpu`` and ``torch-cuda``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BadInputError, MissingDependencyError
+from .base import Runner
+
+
+def name_outputs(result) -> dict[str, torch.Tensor]:
+    """Give a model's outputs the names the exporter gives them.
+
+    One tensor → ``output``; a tuple/list → ``output_0``, ``output_1``…; a mapping keeps its keys.
+    """
+    if isinstance(result, torch.Tensor):
+        return {"output": result}
+    if isinstance(result, Mapping):
+        return {str(k): v for k, v in result.items() if isinstance(v, torch.Tensor)}
+    if isinstance(result, Sequence):
+        flat = [v for v in result if isinstance(v, torch.Tensor)]
+        return {f"output_{i}": v for i, v in enumerate(flat)}
+    raise BadInputError(f"model returned {type(result).__name__}; expected tensors (a tensor, tuple or dict)")
+
+
+class TorchRunner(Runner):
+    artifact_kind = "torch"
+    name = "torch-cpu"
+    device = "cpu"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        return True, f"torch {torch.__version__}"
+
+    def load(self) -> None:
+        if self.artifact.module is None:
+            raise BadInputError(
+                f"{self.artifact.label}: {self.name} runs PyTorch models, not ONNX files; use an ort-* backend"
+            )
+        self._saved_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.module = self.artifact.module.to(self.device).eval()
+
+    def close(self) -> None:
+        torch.set_num_threads(self._saved_threads)
+        if self.device != "cpu":
+            self.artifact.module.to("cpu")
+            torch.cuda.empty_cache()
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = [torch.from_numpy(np.ascontiguousarray(feeds[s.name])).to(self.device) for s in self.input_specs]
+        with torch.inference_mode():
+            outputs = name_outputs(self.module(*args))
+        return {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}
+
+
+class TorchCudaRunner(TorchRunner):
+    name = "torch-cuda"
+    device = "cuda"
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        if not torch.cuda.is_available():
+            build = "CPU-only build of torch" if torch.version.cuda is None else "no CUDA device visible"
+            return False, f"torch {torch.__version__}: {build}"
+        return True, torch.cuda.get_device_name(0)
+
+    def load(self) -> None:
+        ok, why = self.available()
+        if not ok:
+            raise MissingDependencyError(f"{self.name} unavailable: {why}")
+        super().load()
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = super()._run(feeds)
+        torch.cuda.synchronize()
+        return out

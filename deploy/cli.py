@@ -1,0 +1,325 @@
+"""The `deploy` command line: one function per verb; each parses, delegates and renders.
+
+Exit codes: 0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CheckFailedError, DeployError
+
+app = typer.Typer(
+    name="deploy",
+    help="Make PyTorch vision models fast to serve without changing what they compute.\n\n"
+         "A MODEL is a zoo name (resnet18; see `deploy zoo`), package.module:factory, "
+         "path/to/file.py:factory, or an .onnx file.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Pipes and CI logs get wide tables instead of rich's 80-column default, so numbers are never cut.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, highlight=False)
+
+# Shared option types -------------------------------------------------------------------------------
+WeightsOpt = Annotated[str | None, typer.Option("--weights", "-w", help="Checkpoint to load: .pt/.pth "
+                       "(weights-only unpickling) or .safetensors; torchvision checkpoints fit the zoo.")]
+ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Input shape, e.g. 1,3,224,224 (default: the "
+                     "zoo entry's; required for user models).")]
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON to this file.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Inputs: 'photos' (sample photos bundled with scikit-image "
+                    "and scikit-learn, ImageNet preprocessing), a folder of images, or 'random' (seeded noise). "
+                    "'auto': photos for image inputs, else random.")]
+
+
+def handle_errors(fn):
+    """Turn our errors into one line on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CheckFailedError as error:
+            typer.echo(str(error), err=False)
+            raise typer.Exit(error.exit_code) from None
+        except DeployError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _load(spec: str, weights: str | None = None, shape: str | None = None):
+    from .spec import load_artifact, parse_shape
+
+    with err.status(f"loading {spec}", spinner="dots"):
+        return load_artifact(spec, weights=weights, shape=parse_shape(shape))
+
+
+def _data_arg(data: str, artifact) -> str | None:
+    if data == "random":
+        return None
+    if data == "auto":
+        spec = artifact.inputs[0]
+        image_like = len(artifact.inputs) == 1 and len(spec.shape) == 4 and spec.shape[1] in (1, 3)
+        return "photos" if image_like else None
+    return data
+
+
+# Verbs -----------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def zoo(
+    pattern: Annotated[str, typer.Argument(help="Glob over names, e.g. 'resnet*'.")] = "*",
+    json_path: JsonOpt = None,
+) -> None:
+    """List the zoo: name, family, parameters, GFLOPs (2·MACs, one sample) and input size."""
+    from .inspection import count_model
+    from .models import get_model_entry, list_models
+    from .report import write_json
+
+    names = list_models(pattern)
+    if not names:
+        raise DeployError(f"no zoo model matches '{pattern}' (`deploy zoo` lists them all)")
+    rows = []
+    for name in names:
+        entry = get_model_entry(name)
+        params, flops = count_model(entry.factory, entry.input_shape)
+        rows.append({"name": name, "family": entry.family, "params": params, "gflops": round(flops / 1e9, 3),
+                     "input_shape": list(entry.input_shape), "num_classes": entry.num_classes,
+                     "description": entry.description})
+    table = Table(title=f"deploy zoo ({len(rows)} models)")
+    for col in ("name", "family", "params", "GFLOPs", "input"):
+        table.add_column(col, justify="right" if col in ("params", "GFLOPs") else "left")
+    for r in rows:
+        table.add_row(r["name"], r["family"], f"{r['params']:,}", f"{r['gflops']:.2f}",
+                      "×".join(map(str, r["input_shape"][1:])))
+    out.print(table)
+    if json_path:
+        write_json(json_path, rows)
+
+
+@app.command()
+@handle_errors
+def inspect(
+    model: Annotated[str, typer.Argument(help="Model spec or .onnx file.")],
+    weights: WeightsOpt = None,
+    shape: ShapeOpt = None,
+    layers: Annotated[bool, typer.Option(help="Print the per-layer table.")] = True,
+    json_path: JsonOpt = None,
+) -> None:
+    """Per-layer output shapes, parameters and FLOPs (conv 2·Cin/g·k²·Cout·H·W), op histogram, totals."""
+    from .inspection import inspect_artifact
+    from .report import ops_table, write_json
+
+    artifact = _load(model, weights, shape)
+    report = inspect_artifact(artifact)
+    if layers:
+        table = Table(title=f"{report.model} — layers")
+        for col in ("#", "layer", "op", "output shape", "params", "MFLOPs"):
+            table.add_column(col, justify="right" if col in ("#", "params", "MFLOPs") else "left")
+        for i, layer in enumerate(report.layers):
+            params = f"{layer.params:,}" if layer.params else ""
+            mflops = f"{layer.flops / 1e6:.1f}" if layer.flops else ""
+            table.add_row(str(i), layer.name, layer.op, "×".join(map(str, layer.output_shape)), params, mflops)
+        out.print(table)
+    out.print(ops_table(f"{report.model} — {'modules' if report.kind == 'torch' else 'nodes'} by type",
+                        {"count": report.ops}))
+    out.print(f"{report.model}: {report.params:,} parameters, {report.flops / 1e9:.3f} GFLOPs per sample "
+              f"at input {'×'.join(map(str, report.input_shape[1:]))}", markup=False)
+    if json_path:
+        write_json(json_path, report.to_dict())
+
+
+@app.command()
+@handle_errors
+def export(
+    model: Annotated[str, typer.Argument(help="Model spec (zoo name, module:factory, file.py:factory).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
+    weights: WeightsOpt = None,
+    shape: ShapeOpt = None,
+    static: Annotated[bool, typer.Option("--static", help="Fix the batch dim (default: dynamic batch).")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset (TorchScript exporter; dynamo writes 18).")] = 17,
+    simplify: Annotated[bool, typer.Option(help="Simplify with onnxsim.")] = True,
+    exporter: Annotated[str, typer.Option(help="torchscript (fast, honours --opset) or dynamo.")] = "torchscript",
+    verify: Annotated[bool, typer.Option(help="Check ONNX Runtime against PyTorch after export.")] = True,
+    data: DataOpt = "auto",
+    samples: Annotated[int, typer.Option("--inputs", help="Samples for the verification run.")] = 4,
+    json_path: JsonOpt = None,
+) -> None:
+    """Export to ONNX (checked, shape-inferred, simplified, one file) and verify it in ONNX Runtime.
+
+    Exits 1, writing no file, when ONNX Runtime and PyTorch disagree beyond fp32 tolerance (max relative
+    error 1e-5).
+    """
+    from .export import export_onnx
+    from .report import fmt_bytes, ops_table, print_compare, write_json
+
+    artifact = _load(model, weights, shape)
+    with err.status("exporting", spinner="dots") as status:
+        try:
+            report = export_onnx(artifact, output, opset=opset, dynamic_batch=not static, simplify=simplify,
+                                 exporter=exporter, verify=verify, verify_samples=samples,
+                                 verify_data=_data_arg(data, artifact),
+                                 progress=lambda msg: status.update(msg))
+        except CheckFailedError as error:
+            failed = getattr(error, "report", None)
+            if failed is not None and failed.check is not None:
+                print_compare(failed.check, out)
+                if json_path:
+                    write_json(json_path, failed.to_dict())
+            raise
+    out.print(ops_table(f"{output} — nodes by op type", {"nodes": report.nodes_by_op}))
+    rows = [
+        ("file", f"{output} ({fmt_bytes(report.file_bytes)}{', external data' if report.external_data else ''})"),
+        ("exporter", f"{report.exporter}, opset {report.opset}, "
+                     f"{'dynamic' if report.dynamic_batch else 'static'} batch, "
+                     f"{'simplified' if report.simplified else 'not simplified'}"),
+        ("parameters", f"{report.parameters:,}"),
+        ("time", f"export {report.export_seconds:.2f} s, simplify {report.simplify_seconds:.2f} s, "
+                 f"verify {report.verify_seconds:.2f} s"),
+    ]
+    if report.check:
+        worst = report.check.worst()
+        rows.append(("max rel error", f"{worst.max_rel:.2e} vs PyTorch on {report.check.data} "
+                                      f"(cosine {worst.cosine:.6f})"))
+    for key, value in rows:
+        out.print(f"{key:>14}: {value}", markup=False)
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
+    if json_path:
+        write_json(json_path, report.to_dict())
+    typer.echo(report.check.summary() if report.check else f"EXPORTED {output} (not verified)")
+
+
+@app.command()
+@handle_errors
+def check(
+    reference: Annotated[str, typer.Argument(help="Reference artifact: model spec or .onnx.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate artifact: model spec or .onnx.")],
+    weights_a: Annotated[str | None, typer.Option("--weights-a", help="Checkpoint for the reference.")] = None,
+    weights_b: Annotated[str | None, typer.Option("--weights-b", help="Checkpoint for the candidate.")] = None,
+    shape: ShapeOpt = None,
+    backend_a: Annotated[str | None, typer.Option("--backend-a", help="Backend for the reference "
+                         "(default: torch-cpu for models, ort-cpu for .onnx). `deploy backends` lists them.")] = None,
+    backend_b: Annotated[str | None, typer.Option("--backend-b", help="Backend for the candidate.")] = None,
+    precision: Annotated[str, typer.Option(help="Tolerance preset: fp32 (max rel ≤ 1e-5), fp16 (cosine ≥ 0.9999 "
+                         "and max rel ≤ 1e-2), int8 (cosine ≥ 0.99).")] = "fp32",
+    tol: Annotated[list[str] | None, typer.Option("--tol", help="Override a threshold, for all outputs or one: "
+                   "max_rel=1e-4, logits:min_cosine=0.999. Keys: max_rel, max_abs, min_cosine, min_sqnr_db, "
+                   "min_top1. Repeatable.")] = None,
+    samples: Annotated[int, typer.Option("--inputs", help="Number of input samples.")] = 8,
+    batch: Annotated[int | None, typer.Option(help="Samples per run (default: all at once, or the fixed "
+                                                   "batch).")] = None,
+    data: DataOpt = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per backend (default: the runtime's).")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Run two artifacts on the same inputs and compare every output.
+
+    Metrics per output: max abs, max relative (max|a−b| / max|a|), lowest per-sample cosine, SQNR and
+    mean-centred SQNR (dB), top-1 agreement. Exit 0 when every output is within tolerance, 1 when not.
+    The last line starts with PASSED or FAILED.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .backends import get_runner_class
+    from .harness import check_artifacts
+    from .report import print_compare, write_json
+
+    for name in (backend_a, backend_b):
+        if name:
+            get_runner_class(name)
+    a = _load(reference, weights_a, shape)
+    b = _load(candidate, weights_b, shape)
+    with Progress(TextColumn("running"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("run", total=None)
+        report = check_artifacts(a, b, backend_reference=backend_a, backend_candidate=backend_b, samples=samples,
+                                 batch=batch, data=_data_arg(data, a), seed=seed, precision=precision,
+                                 overrides=tol or [], threads=threads, tick=lambda: bar.advance(task))
+    print_compare(report, out)
+    if json_path:
+        write_json(json_path, report.to_dict())
+    typer.echo(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def backends(json_path: JsonOpt = None) -> None:
+    """List each backend: what it runs, on which device, and why it is unavailable here when it is."""
+    from .backends import backend_status
+    from .report import write_json
+
+    statuses = backend_status()
+    table = Table(title="backends")
+    for col in ("backend", "runs", "device", "available", "detail"):
+        table.add_column(col)
+    for s in statuses:
+        table.add_row(s.name, "PyTorch models" if s.runs == "torch" else "ONNX files", s.device,
+                      "[green]yes[/green]" if s.available else "[red]no[/red]", s.detail)
+    out.print(table)
+    if json_path:
+        write_json(json_path, [s.__dict__ for s in statuses])
+
+
+@app.command()
+@handle_errors
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the ONNX files and the report.")] = Path("results"),
+    models: Annotated[str, typer.Option(help="Comma-separated zoo names.")] = "resnet18,mobilenet_v2",
+    samples: Annotated[int, typer.Option("--inputs", help="Photo crops per check.")] = 16,
+) -> None:
+    """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report."""
+    from .errors import BadInputError
+    from .models import UnknownModelError, get_model_entry
+    from .pipeline import run_demo, write_demo_report
+    from .report import fmt_bytes
+
+    names = tuple(n.strip() for n in models.split(",") if n.strip())
+    for name in names:
+        try:
+            get_model_entry(name)
+        except UnknownModelError as error:
+            raise BadInputError(str(error)) from None
+    with err.status("demo", spinner="dots") as status:
+        rows = run_demo(out_dir, names, samples, progress=lambda msg: status.update(msg))
+    table = Table(title="deploy demo — PyTorch (torch-cpu) vs ONNX Runtime (ort-cpu) on bundled photos")
+    for col in ("model", "params (ONNX)", "nodes", "file", "export s", "max rel err", "cosine", "top-1", "verdict"):
+        table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+    for r in rows:
+        w = r.check.worst()
+        table.add_row(r.model, f"{r.export.parameters:,}", str(r.export.nodes), fmt_bytes(r.export.file_bytes),
+                      f"{r.export.export_seconds:.2f}", f"{w.max_rel:.2e}", f"{w.cosine:.6f}",
+                      "-" if w.top1 is None else f"{w.top1:.3f}",
+                      "[green]PASSED[/green]" if r.check.passed else "[red]FAILED[/red]")
+    out.print(table)
+    md, js = write_demo_report(rows, out_dir)
+    out.print(f"report: {md} and {js}", markup=False)
+    failed = [r.model for r in rows if not r.check.passed]
+    typer.echo(f"FAILED demo: {', '.join(failed)}" if failed else f"PASSED demo: {len(rows)} model(s)")
+    if failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console entry point (click reports usage errors with exit code 2)."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,220 @@
+"""Numeric equivalence of two artifacts: one :class:`OutputDiff` per output, judged by a tolerance.
+
+Metrics (a = reference, b = candidate, per output, over all samples):
+  max_abs  = max|a − b|
+  max_rel  = max|a − b| / max|a|                       (DESIGN.md §5)
+  cosine   = the lowest per-sample cosine similarity of a and b
+  sqnr_db  = 10·log10(Σa² / Σ(a − b)²)
+  centred_sqnr_db: the same after removing each sample's mean from a and from the error — a random-
+             weight net's nearly flat logits carry a large common offset that plain SQNR rewards
+  top1     = share of samples whose argmax agrees (2-D outputs of several classes)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+
+from .errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Thresholds an output must meet; None means not judged."""
+
+    max_rel: float | None = None
+    max_abs: float | None = None
+    min_cosine: float | None = None
+    min_sqnr_db: float | None = None
+    min_top1: float | None = None
+
+    def describe(self) -> str:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ", ".join(f"{k}={v:g}" for k, v in values.items() if v is not None)
+
+
+PRESETS: dict[str, Tolerance] = {
+    "fp32": Tolerance(max_rel=1e-5),
+    "fp16": Tolerance(max_rel=1e-2, min_cosine=0.9999),
+    "int8": Tolerance(min_cosine=0.99),
+}
+
+
+def parse_tolerance_overrides(items: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """``["max_rel=1e-4", "logits:min_cosine=0.999"]`` → (for all outputs, per output name)."""
+    known = {f.name for f in fields(Tolerance)}
+    common: dict[str, float] = {}
+    per_output: dict[str, dict[str, float]] = {}
+    for item in items:
+        target, _, assignment = item.rpartition(":") if ":" in item else ("", "", item)
+        key, eq, value = assignment.partition("=")
+        if not eq or key not in known:
+            keys = ", ".join(sorted(known))
+            raise BadInputError(f"--tol '{item}': expected [OUTPUT:]KEY=VALUE with KEY one of {keys}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise BadInputError(f"--tol '{item}': '{value}' is not a number") from None
+        (per_output.setdefault(target, {}) if target else common)[key] = number
+    return common, per_output
+
+
+@dataclass
+class OutputDiff:
+    name: str
+    shape: list[int]
+    max_abs: float
+    max_rel: float
+    cosine: float
+    sqnr_db: float
+    centred_sqnr_db: float
+    top1: float | None
+    tolerance: Tolerance
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["tolerance"] = {k: v for k, v in asdict(self.tolerance).items() if v is not None}
+        out["passed"] = self.passed
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "sqnr_db" else v)
+                for k, v in out.items()}
+
+
+def _db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def diff_output(name: str, a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -> OutputDiff:
+    """Compare one output pair (reference ``a``, candidate ``b``) and judge it."""
+    if a.shape != b.shape:
+        return OutputDiff(name, list(a.shape), math.inf, math.inf, -1.0, -math.inf, -math.inf, None, tolerance,
+                          [f"shape {list(b.shape)} differs from reference {list(a.shape)}"])
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    if not np.all(np.isfinite(b64)):
+        bad = int(np.size(b64) - np.isfinite(b64).sum())
+        return OutputDiff(name, list(a.shape), math.inf, math.inf, -1.0, -math.inf, -math.inf, None, tolerance,
+                          [f"{bad} non-finite values (NaN/inf)"])
+    err = b64 - a64
+    max_abs = float(np.abs(err).max()) if err.size else 0.0
+    scale = float(np.abs(a64).max()) if a64.size else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    n = a64.shape[0] if a64.ndim > 1 else 1
+    a2, b2, e2 = a64.reshape(n, -1), b64.reshape(n, -1), err.reshape(n, -1)
+    norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    dots = (a2 * b2).sum(axis=1)
+    both_zero = np.where(np.all(a2 == b2, axis=1), 1.0, 0.0)  # cosine of zero vectors: 1 if equal
+    per_sample = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), both_zero)
+    cosine = float(per_sample.min())
+    sqnr = _db(float((a64 ** 2).sum()), float((err ** 2).sum()))
+    ac = a2 - a2.mean(axis=1, keepdims=True)
+    ec = e2 - e2.mean(axis=1, keepdims=True)
+    centred = _db(float((ac ** 2).sum()), float((ec ** 2).sum()))
+    top1 = None
+    if a64.ndim == 2 and a64.shape[1] > 1:
+        top1 = float((a64.argmax(axis=1) == b64.argmax(axis=1)).mean())
+    diff = OutputDiff(name, list(a.shape), max_abs, max_rel, cosine, sqnr, centred, top1, tolerance)
+    t = tolerance
+    if t.max_rel is not None and not max_rel <= t.max_rel:
+        diff.failures.append(f"max_rel {max_rel:.3g} > {t.max_rel:g}")
+    if t.max_abs is not None and not max_abs <= t.max_abs:
+        diff.failures.append(f"max_abs {max_abs:.3g} > {t.max_abs:g}")
+    if t.min_cosine is not None and not cosine >= t.min_cosine:
+        diff.failures.append(f"cosine {cosine:.6f} < {t.min_cosine:g}")
+    if t.min_sqnr_db is not None and not sqnr >= t.min_sqnr_db:
+        diff.failures.append(f"sqnr {sqnr:.1f} dB < {t.min_sqnr_db:g}")
+    if t.min_top1 is not None and top1 is not None and not top1 >= t.min_top1:
+        diff.failures.append(f"top1 {top1:.3f} < {t.min_top1:g}")
+    return diff
+
+
+@dataclass
+class CompareReport:
+    reference: str
+    candidate: str
+    backend_reference: str
+    backend_candidate: str
+    data: str
+    samples: int
+    precision: str
+    outputs: list[OutputDiff]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    def worst(self) -> OutputDiff:
+        return max(self.outputs, key=lambda o: o.max_rel)
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        who = f"{self.candidate} ({self.backend_candidate}) vs {self.reference} ({self.backend_reference})"
+        if not self.outputs:
+            return f"{verdict} {who}: no outputs compared"
+        w = self.worst()
+        failed = [f"{o.name}: {'; '.join(o.failures)}" for o in self.outputs if not o.passed]
+        detail = f" — {'; '.join(failed)}" if failed else ""
+        return (f"{verdict} {who}: {len(self.outputs)} output(s), max rel {w.max_rel:.2e}, cosine {w.cosine:.6f}, "
+                f"{self.samples} samples, {self.precision} tolerance{detail}")
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "reference": {"artifact": self.reference, "backend": self.backend_reference},
+            "candidate": {"artifact": self.candidate, "backend": self.backend_candidate},
+            "data": self.data,
+            "samples": self.samples,
+            "precision": self.precision,
+            "outputs": [o.to_dict() for o in self.outputs],
+            "notes": self.notes,
+            "summary": self.summary(),
+        }
+
+
+def pair_outputs(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Match outputs by name, else by position when the counts agree (with a note)."""
+    if set(ref) == set(cand):
+        return [(k, k) for k in ref], []
+    if len(ref) == len(cand):
+        pairs = list(zip(ref, cand))
+        return pairs, [f"outputs paired by position: {', '.join(f'{a}↔{b}' for a, b in pairs)}"]
+    raise BadInputError(f"the artifacts' outputs do not correspond: {sorted(ref)} vs {sorted(cand)}")
+
+
+def tolerance_for(precision: str, common: dict[str, float], specific: dict[str, float]) -> Tolerance:
+    """The preset, then the overrides for all outputs, then those naming this output."""
+    if precision not in PRESETS:
+        raise BadInputError(f"--precision {precision}: choose from {', '.join(PRESETS)}")
+    return replace(PRESETS[precision], **{**common, **specific})
+
+
+def compare_outputs(
+    ref_batches: list[dict[str, np.ndarray]],
+    cand_batches: list[dict[str, np.ndarray]],
+    precision: str = "fp32",
+    overrides: list[str] | None = None,
+) -> tuple[list[OutputDiff], list[str]]:
+    """Concatenate each output over batches, pair them and diff each pair."""
+    common, per_output = parse_tolerance_overrides(overrides or [])
+    pairs, notes = pair_outputs(ref_batches[0], cand_batches[0])
+    unknown = set(per_output) - {a for a, _ in pairs} - {b for _, b in pairs}
+    if unknown:
+        raise BadInputError(f"--tol names outputs {sorted(unknown)}; the outputs are {[a for a, _ in pairs]}")
+    diffs = []
+    for ref_name, cand_name in pairs:
+        a = np.concatenate([b[ref_name] for b in ref_batches])
+        b = np.concatenate([b[cand_name] for b in cand_batches])
+        specific = {**per_output.get(cand_name, {}), **per_output.get(ref_name, {})}
+        tol = tolerance_for(precision, common, specific)
+        diffs.append(diff_output(ref_name, a, b, tol))
+    return diffs, notes

@@ -1,0 +1,36 @@
+"""The error hierarchy and the exit codes it maps to (DESIGN.md §3).
+
+0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing.
+Every error prints as one line: what is wrong, which file, and what to do.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_MISSING_DEPENDENCY = 3
+
+
+class DeployError(Exception):
+    """Base class: a problem we can explain in one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BadInputError(DeployError):
+    """A file, spec, shape or option the user gave is wrong."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class MissingDependencyError(DeployError):
+    """A package or device needed for this request is not on this machine."""
+
+    exit_code = EXIT_MISSING_DEPENDENCY
+
+
+class CheckFailedError(DeployError):
+    """An artifact is not equivalent to its reference within tolerance."""
+
+    exit_code = EXIT_CHECK_FAILED

@@ -1,0 +1,88 @@
+"""Run artifacts on backends and compare them: the engine behind `deploy check` and export verification."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .backends import get_runner_class
+from .backends.base import Runner, TensorSpec
+from .compare import CompareReport, compare_outputs
+from .errors import BadInputError
+from .inputs import Feeds, make_feeds
+from .spec import Artifact
+
+
+def default_backend(artifact: Artifact) -> str:
+    return "torch-cpu" if artifact.kind == "torch" else "ort-cpu"
+
+
+def runnable(artifact: Artifact, backend: str, stack: contextlib.ExitStack) -> tuple[Artifact, list[str]]:
+    """The artifact in the form ``backend`` runs: a torch model asked to run on ONNX Runtime is exported
+    to a temporary file first (unverified: the comparison itself is the verification)."""
+    cls = get_runner_class(backend)
+    if cls.artifact_kind == artifact.kind:
+        return artifact, []
+    if artifact.kind == "onnx":
+        raise BadInputError(f"{artifact.label}: {backend} runs PyTorch models; run ONNX files on ort-cpu or ort-cuda")
+    from .export import export_onnx
+    from .spec import load_onnx_artifact
+
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-")))
+    path = folder / "model.onnx"
+    export_onnx(artifact, path, verify=False)
+    converted = load_onnx_artifact(path)
+    converted.label = artifact.label
+    return converted, [f"{artifact.label} exported to ONNX (opset 17, simplified) to run on {backend}"]
+
+
+def feed_specs(*artifacts: Artifact) -> list[TensorSpec]:
+    """The most constrained input specs: an ONNX file's fixed dims win over a module's free batch."""
+    for artifact in artifacts:
+        if artifact.kind == "onnx":
+            return artifact.inputs
+    return artifacts[0].inputs
+
+
+def run_batches(runner: Runner, feeds: Feeds, tick: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:
+    outputs = []
+    for batch in feeds.batches:
+        outputs.append(runner.infer(batch))
+        if tick:
+            tick()
+    return outputs
+
+
+def check_artifacts(
+    reference: Artifact,
+    candidate: Artifact,
+    *,
+    backend_reference: str | None = None,
+    backend_candidate: str | None = None,
+    samples: int = 8,
+    batch: int | None = None,
+    data: str | None = "photos",
+    seed: int = 0,
+    precision: str = "fp32",
+    overrides: list[str] | None = None,
+    threads: int | None = None,
+    tick: Callable[[], None] | None = None,
+) -> CompareReport:
+    """Run both artifacts on the same inputs and judge every output (reference first)."""
+    backend_reference = backend_reference or default_backend(reference)
+    backend_candidate = backend_candidate or default_backend(candidate)
+    with contextlib.ExitStack() as stack:
+        ref, notes_a = runnable(reference, backend_reference, stack)
+        cand, notes_b = runnable(candidate, backend_candidate, stack)
+        feeds = make_feeds(feed_specs(ref, cand), samples=samples, batch=batch, data=data, seed=seed)
+        results = []
+        for artifact, backend in ((ref, backend_reference), (cand, backend_candidate)):
+            with get_runner_class(backend)(artifact, threads=threads) as runner:
+                results.append(run_batches(runner, feeds, tick))
+    diffs, pair_notes = compare_outputs(results[0], results[1], precision, overrides)
+    return CompareReport(reference.label, candidate.label, backend_reference, backend_candidate, feeds.source,
+                         feeds.samples, precision, diffs, notes_a + notes_b + pair_notes)

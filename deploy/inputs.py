@@ -1,0 +1,81 @@
+"""Inputs for the harness: seeded random tensors or real images, batched for a model's input specs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import TensorSpec
+from .calib.data import DataSourceError, Preprocess, load_image_folder, load_photos
+from .errors import BadInputError
+
+
+@dataclass
+class Feeds:
+    """Batches of named inputs, and a description of where they came from."""
+
+    batches: list[dict[str, np.ndarray]]
+    source: str
+    samples: int
+
+
+def _random(spec: TensorSpec, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (n, *spec.concrete()[1:])
+    if np.issubdtype(spec.dtype, np.floating):
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if spec.dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    return rng.integers(0, 10, shape).astype(spec.dtype)
+
+
+def _images(spec: TensorSpec, n: int, data: str, offset: int) -> tuple[np.ndarray, str]:
+    try:
+        preprocess = Preprocess.for_input_shape(spec.concrete())
+        if data == "photos":
+            return load_photos(n, preprocess, offset=offset), f"{n} crops of the bundled photos"
+        folder = load_image_folder(data, n, preprocess, offset=offset)
+        skipped = f", {len(folder.skipped)} unreadable skipped" if folder.skipped else ""
+        return folder.array, f"{len(folder.files)} images from {data}{skipped}"
+    except DataSourceError as err:
+        raise BadInputError(f"--data {data}: {err}") from None
+
+
+def make_feeds(
+    specs: list[TensorSpec],
+    samples: int = 8,
+    batch: int | None = None,
+    data: str | None = None,
+    seed: int = 0,
+    offset: int = 0,
+) -> Feeds:
+    """``samples`` inputs split into batches of ``batch`` (default: the fixed batch dim, else all at once).
+
+    ``data`` None gives seeded Gaussian noise; ``"photos"`` or a folder gives ImageNet-preprocessed
+    images (one image input only).
+    """
+    if samples < 1:
+        raise BadInputError(f"--inputs {samples}: need at least 1 sample")
+    fixed = {s.shape[0] for s in specs if not s.dynamic_batch}
+    if len(fixed) > 1:
+        raise BadInputError(f"inputs disagree on the batch dim: {sorted(fixed)}")
+    if fixed:
+        fixed_batch = fixed.pop()
+        if batch not in (None, fixed_batch):
+            raise BadInputError(f"--batch {batch}: the model fixes the batch at {fixed_batch}")
+        batch = fixed_batch
+        samples = math.ceil(samples / batch) * batch
+    batch = batch or samples
+    if data is not None:
+        if len(specs) != 1:
+            raise BadInputError(f"--data feeds one image input; the model has {len(specs)} inputs")
+        array, source = _images(specs[0], samples, data, offset)
+        samples = len(array)
+        arrays = {specs[0].name: array.astype(specs[0].dtype)}
+    else:
+        arrays = {s.name: _random(s, samples, seed + i) for i, s in enumerate(specs)}
+        source = f"{samples} seeded random inputs (seed {seed})"
+    batches = [{k: v[i:i + batch] for k, v in arrays.items()} for i in range(0, samples, batch)]
+    return Feeds(batches, source, samples)
