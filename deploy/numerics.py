@@ -3,8 +3,8 @@
 A freshly initialised net has BN running statistics of (0, 1) and γ = 1, β = 0, so its activations
 explode or die layer after layer and its logits are nearly flat: comparisons on such a net hide real
 errors (DESIGN.md §5). :func:`make_realistic` gives every BN layer a random affine (γ ~ U(0.5, 1.5),
-β ~ U(−0.25, 0.25)) and running statistics measured by train-mode forward passes over the bundled
-photos — what a trained net's BN layers look like, without training.
+β ~ U(−0.25, 0.25)), running statistics measured by train-mode forward passes over the bundled
+photos, and a cap on each channel's gain — what a trained net's BN layers look like, without training.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from .calib.data import DataSourceError, Preprocess, load_photos
 
 # Sample window of the bundled photos used for BN statistics; checks start at 0, so they do not overlap.
 BN_STATS_OFFSET = 200
-BN_STATS_SAMPLES = 8
+BN_STATS_SAMPLES = 16  # 8 leave late 7×7 layers with 392 values per channel: variances too noisy
+MAX_GAIN_RATIO = 10.0
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -65,8 +66,30 @@ def estimate_bn_statistics(model: nn.Module, batches: Iterable[torch.Tensor]) ->
     return len(layers)
 
 
-def calibration_batch(input_shape: Sequence[int], samples: int = BN_STATS_SAMPLES, seed: int = 0) -> torch.Tensor:
+def limit_bn_gain(model: nn.Module, max_ratio: float = MAX_GAIN_RATIO) -> int:
+    """Cap each BN channel's gain s_c = |γ_c| / sqrt(var_c + ε) at ``max_ratio`` × the layer's median gain.
+
+    A channel that was nearly constant on the calibration images gets a tiny variance, hence a gain in
+    the hundreds: on other images it amplifies fp32 rounding by as much, and the net becomes ill-
+    conditioned in a way trained nets are not (weight decay keeps γ small where a channel carries no
+    signal). Scaling such γ_c down does what training does. Returns how many channels were capped.
+    """
+    capped = 0
+    with torch.no_grad():
+        for bn in batchnorm_layers(model):
+            if not bn.affine or bn.running_var is None:
+                continue
+            gain = bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)
+            limit = max_ratio * gain.median()
+            over = gain > limit
+            bn.weight[over] *= limit / gain[over]
+            capped += int(over.sum())
+    return capped
+
+
+def calibration_batch(input_shape: Sequence[int], samples: int | None = None, seed: int = 0) -> torch.Tensor:
     """Photos for an image input (N, 1|3, H, W); seeded Gaussian noise for anything else."""
+    samples = samples or BN_STATS_SAMPLES
     try:
         preprocess = Preprocess.for_input_shape(input_shape)
         return torch.from_numpy(load_photos(samples, preprocess, offset=BN_STATS_OFFSET))
@@ -80,4 +103,5 @@ def make_realistic(model: nn.Module, input_shape: Sequence[int], seed: int = 0) 
     if batchnorm_layers(model):
         randomize_bn_affine(model, seed)
         estimate_bn_statistics(model, [calibration_batch(input_shape, seed=seed)])
+        limit_bn_gain(model)
     return model.eval()

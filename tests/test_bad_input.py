@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+
 from deploy.models import create_model
 
 

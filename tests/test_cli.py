@@ -100,3 +100,13 @@ def test_entry_point_runs_as_a_program():
     """The installed `deploy` script, as users and CI call it."""
     done = subprocess.run([sys.executable, "-m", "deploy.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "export" in done.stdout
+
+
+def test_inspect_json_for_model_and_onnx(cli, tiny_onnx, tmp_path):
+    for target in ("tiny-resnet", tiny_onnx):
+        path = tmp_path / "inspect.json"
+        result = cli("inspect", target, "--json", path)
+        assert result.exit_code == 0, result.output
+        report = json.loads(path.read_text())
+        assert report["flops"] > 0 and report["params"] > 0 and report["layers"]
+        assert any(layer["op"] in ("Conv", "Conv2d") and layer["flops"] > 0 for layer in report["layers"])

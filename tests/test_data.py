@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from deploy.calib.data import (
     DataSourceError,
     Preprocess,
@@ -10,7 +12,6 @@ from deploy.calib.data import (
     max_photo_samples,
     photo_names,
 )
-from PIL import Image
 
 
 def test_photos_are_real_normalised_images():

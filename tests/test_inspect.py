@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from deploy.models import get_model_entry
 
 from deploy.inspection import conv_flops, count_model, inspect_module, inspect_onnx
+from deploy.models import get_model_entry
 
 
 def test_conv_formula_by_hand():

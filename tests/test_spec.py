@@ -5,10 +5,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from deploy.models import create_model
 from safetensors.torch import save_file
 
 from deploy.errors import BadInputError
+from deploy.models import create_model
 from deploy.spec import load_artifact, parse_shape, read_state_dict
 
 

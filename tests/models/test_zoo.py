@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+
 from deploy.models import UnknownModelError, create_model, get_model_entry, list_models
 
 PARAM_COUNTS = {
