@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import CheckFailedError, DeployError
+from .errors import BadInputError, CheckFailedError, DeployError
 
 app = typer.Typer(
     name="deploy",
@@ -27,7 +27,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 # Pipes and CI logs get wide tables instead of rich's 80-column default, so numbers are never cut.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
 err = Console(stderr=True, highlight=False)
 
 # Shared option types -------------------------------------------------------------------------------
@@ -260,6 +260,93 @@ def check(
 
 @app.command()
 @handle_errors
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Model specs and/or .onnx files; the first is the baseline "
+                         "of the ratios.")],
+    backend: Annotated[str, typer.Option("--backend", help="Comma-separated backends: torch-cpu, ort-cpu, "
+                       "torch-cuda, ort-cuda. A model spec on an ort-* backend is exported first.")] = "ort-cpu",
+    batch: Annotated[str, typer.Option("--batch", help="Comma-separated batch sizes, e.g. 1,8.")] = "1",
+    shape: ShapeOpt = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for every backend (default: physical "
+                       "cores).")] = None,
+    warmup: Annotated[str, typer.Option(help="auto (until the median of the last runs is stable), a number of "
+                      "runs (20), or seconds (2s).")] = "auto",
+    min_runs: Annotated[int, typer.Option(help="Timed rounds at least.")] = 30,
+    min_time: Annotated[float, typer.Option(help="Seconds of timed rounds at least.")] = 3.0,
+    max_time: Annotated[float, typer.Option(help="Stop a group after this many seconds even short of "
+                        "--min-runs.")] = 60.0,
+    include_copies: Annotated[bool, typer.Option(help="CUDA: time host↔device copies too.")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(help="torch-cuda: replay a captured CUDA graph.")] = False,
+    per_artifact: Annotated[bool, typer.Option(help="Interleave each artifact's backends as its own group "
+                            "(ratios to its first backend) instead of all entries together.")] = False,
+    ort_spinning: Annotated[bool, typer.Option(help="Let ONNX Runtime's idle threads spin (its default). Off "
+                            "here: spinning threads steal the cores of the entries interleaved with them.")] = False,
+    gap_ms: Annotated[float, typer.Option(help="Idle milliseconds before each timed run, so one runtime's "
+                      "lingering threads do not slow the next entry.")] = 10.0,
+    json_path: JsonOpt = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write the results as CSV.")] = None,
+    md_path: Annotated[Path | None, typer.Option("--md", help="Write the results as a Markdown table.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart: latency per artifact and "
+                    "batch, p90 whiskers.")] = None,
+) -> None:
+    """Latency side by side: artifacts interleaved in rounds (A B A B …) on each backend and batch size.
+
+    Reports median, p90, p99, mean, std, min and throughput, and each entry's ratio to the first with a
+    95% bootstrap interval over rounds. The machine (CPU flags, threads, library versions, GPU) is in
+    every report.
+    """
+    from .backends import parse_backend_list
+    from .bench import BenchConfig, Warmup, format_ratio, parse_batches, run_bench, speedup_text
+    from .report import write_json
+
+    backends = parse_backend_list(backend)
+    config = BenchConfig(batches=parse_batches(batch), threads=threads, warmup=Warmup.parse(warmup),
+                         min_runs=min_runs, min_time=min_time, max_time=max_time, include_copies=include_copies,
+                         cuda_graphs=cuda_graphs, per_artifact=per_artifact, ort_spinning=ort_spinning,
+                         gap=gap_ms / 1e3)
+    if min_runs < 1 or min_time < 0 or max_time <= 0 or gap_ms < 0:
+        raise BadInputError("--min-runs must be ≥ 1, --min-time ≥ 0, --max-time > 0 and --gap-ms ≥ 0")
+    for target in (json_path, csv_path, md_path, plot):
+        if target is not None and not target.parent.exists():
+            raise BadInputError(f"{target}: folder {target.parent} does not exist")
+    specs = [(spec, _load(spec, None, shape)) for spec in artifacts]
+    with err.status("benchmarking", spinner="dots") as status:
+        report = run_bench(specs, backends, config, tick=lambda msg: status.update(msg))
+    env = report.environment
+    table = Table(title=f"deploy bench — {env['cpu']['model']} "
+                        f"({', '.join(env['cpu']['flags']) or 'no AVX-512/VNNI/AMX'}), {env['threads']} threads")
+    for col in ("artifact @ backend", "batch", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "min ms",
+                "items/s", "ratio [95% CI]", "", "RSS MB"):
+        table.add_column(col, justify="left" if col in ("artifact @ backend", "") else "right", no_wrap=True)
+    for r in report.results:
+        s = r.stats
+        table.add_row(r.label, str(r.batch), f"{s.median * 1e3:.2f}", f"{s.p90 * 1e3:.2f}", f"{s.p99 * 1e3:.2f}",
+                      f"{s.mean * 1e3:.2f} ± {s.std * 1e3:.2f}", f"{s.min * 1e3:.2f}", f"{r.throughput:.1f}",
+                      format_ratio(r), speedup_text(r), "-" if r.rss_mb is None else f"{r.rss_mb:.0f}")
+    out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
+    if json_path:
+        write_json(json_path, report.to_dict())
+    if csv_path:
+        _write_text(csv_path, report.to_csv())
+    if md_path:
+        _write_text(md_path, report.to_markdown())
+    if plot:
+        from .plot import plot_latency
+
+        plot_latency(report, plot)
+        out.print(f"chart: {plot}", markup=False)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+@app.command()
+@handle_errors
 def backends(json_path: JsonOpt = None) -> None:
     """List each backend: what it runs, on which device, and why it is unavailable here when it is."""
     from .backends import backend_status
@@ -285,7 +372,6 @@ def demo(
     samples: Annotated[int, typer.Option("--inputs", help="Photo crops per check.")] = 16,
 ) -> None:
     """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report."""
-    from .errors import BadInputError
     from .models import UnknownModelError, get_model_entry
     from .pipeline import run_demo, write_demo_report
     from .report import fmt_bytes

@@ -7,7 +7,9 @@ fails with one clear line instead of a backend stack trace.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -50,9 +52,12 @@ class Runner(ABC):
     device: ClassVar[str] = "cpu"
     artifact_kind: ClassVar[str]  # "torch" or "onnx": what this runner executes natively
 
-    def __init__(self, artifact, threads: int | None = None):
+    def __init__(self, artifact, threads: int | None = None, allow_spinning: bool = True):
         self.artifact = artifact
         self.threads = threads
+        # Runtimes whose idle worker threads spin (ONNX Runtime) take cores from whatever runs next:
+        # benchmarks that interleave several runners in one process turn this off.
+        self.allow_spinning = allow_spinning
         self.input_specs: list[TensorSpec] = list(artifact.inputs)
 
     @classmethod
@@ -79,6 +84,23 @@ class Runner(ABC):
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.validate(feeds)
         return self._run(feeds)
+
+    def timer(self, feeds: dict[str, np.ndarray], include_copies: bool = False,
+              cuda_graphs: bool = False) -> Callable[[], float]:
+        """A closure running one inference on ``feeds`` and returning its seconds.
+
+        The default is host wall time around the whole call, which is what a CPU backend costs.
+        Device runners override it to time the device alone (``include_copies`` adds the host↔device
+        copies back) and may replay a captured CUDA graph.
+        """
+        self.validate(feeds)
+
+        def once() -> float:
+            start = time.perf_counter()
+            self._run(feeds)
+            return time.perf_counter() - start
+
+        return once
 
     def validate(self, feeds: dict[str, np.ndarray]) -> None:
         expected = {s.name: s for s in self.input_specs}

@@ -1,0 +1,344 @@
+"""`deploy bench`: latency of artifacts on backends, measured side by side.
+
+ONNX Runtime's worker threads spin after a run by default; in one process with other runners they
+take the cores from whatever runs next (measured here, 2 cores: PyTorch resnet18 40 ms beside a spinning
+session, 18 ms beside a quiet one). Sessions are therefore created with spinning off unless asked.
+PyTorch's OpenMP workers also linger for a few ms after a run: ONNX Runtime right behind them ran at
+13 ms instead of 9 in a third to a half of the rounds. A 10 ms idle gap before each timed run
+(``gap``) brought that to 3 %; 2 ms did not.
+
+For each batch size, the entries of a group (every artifact × backend, or with ``per_artifact`` each
+artifact's backends alone) are loaded, each warmed up until its latency is stable (its memory is
+measured then, alone), and then timed in *rounds*: one run of every entry per round, in orders
+where each entry follows every other equally often (stats.balanced_orders), so neither drift nor a
+neighbour's lingering threads favour one.
+Rounds go on until there are ``min_runs`` of them and ``min_time`` seconds have passed (or
+``max_time`` is reached). Ratios to the group's first entry come from the rounds (see stats.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends import get_runner_class
+from .backends.base import Runner
+from .environment import default_threads, environment
+from .errors import BadInputError, MissingDependencyError
+from .harness import runnable
+from .inputs import make_feeds
+from .spec import Artifact
+from .stats import LatencyStats, RatioEstimate, balanced_orders, is_stable, paired_ratio, summarize
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """``auto``: until stable (at least 10 runs or 1 s, and the median of the last 3 runs within 5 % of
+    the 3 before); else a fixed number of runs or seconds."""
+
+    runs: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Warmup:
+        text = text.strip().lower()
+        if text == "auto":
+            return cls()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*s", text)
+        if match:
+            return cls(seconds=float(match.group(1)))
+        if text.isdigit():
+            return cls(runs=int(text))
+        raise BadInputError(f"--warmup '{text}': give auto, a number of runs (20) or seconds (2s)")
+
+    def describe(self) -> str:
+        return f"{self.runs} runs" if self.runs is not None else (
+            f"{self.seconds:g} s" if self.seconds is not None else "until stable")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    batches: tuple[int, ...] = (1,)
+    threads: int | None = None
+    warmup: Warmup = Warmup()
+    min_runs: int = 30
+    min_time: float = 3.0
+    max_time: float = 60.0
+    include_copies: bool = False
+    cuda_graphs: bool = False
+    per_artifact: bool = False
+    ort_spinning: bool = False
+    gap: float = 0.010
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"batches": list(self.batches), "threads": self.threads, "warmup": self.warmup.describe(),
+                "min_runs": self.min_runs, "min_time_s": self.min_time, "max_time_s": self.max_time,
+                "include_copies": self.include_copies, "cuda_graphs": self.cuda_graphs,
+                "per_artifact": self.per_artifact, "ort_spinning": self.ort_spinning,
+                "gap_ms": self.gap * 1e3}
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        batches = ()
+    if not batches or any(b < 1 for b in batches):
+        raise BadInputError(f"--batch '{text}': give positive integers separated by commas, like 1,8")
+    return tuple(dict.fromkeys(batches))
+
+
+@dataclass
+class Entry:
+    """One artifact on one backend."""
+
+    label: str
+    artifact: Artifact  # in the form the backend runs (torch models exported for ONNX Runtime)
+    source: str  # the artifact as the user named it
+    backend: str
+
+
+@dataclass
+class BenchResult:
+    label: str
+    artifact: str
+    backend: str
+    batch: int
+    group: str
+    stats: LatencyStats
+    warmup_runs: int
+    rss_mb: float | None
+    device_mb: float | None
+    ratio: RatioEstimate | None = None
+    baseline: str | None = None
+    times: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def throughput(self) -> float:
+        return self.batch / self.stats.median
+
+    def to_dict(self) -> dict:
+        return {
+            "label": self.label, "artifact": self.artifact, "backend": self.backend, "batch": self.batch,
+            "group": self.group,
+            "latency_ms": {k: (v * 1e3 if k != "n" else v) for k, v in self.stats.to_dict().items()},
+            "throughput_per_s": self.throughput, "warmup_runs": self.warmup_runs,
+            "memory": {"rss_mb": self.rss_mb, "device_mb": self.device_mb},
+            "ratio_to_baseline": self.ratio.to_dict() if self.ratio else None, "baseline": self.baseline,
+            "times_ms": [t * 1e3 for t in self.times],
+        }
+
+
+@dataclass
+class LatencyReport:
+    environment: dict
+    config: BenchConfig
+    results: list[BenchResult]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"environment": self.environment, "config": self.config.to_dict(),
+                "results": [r.to_dict() for r in self.results], "notes": self.notes}
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["label", "artifact", "backend", "batch", "runs", "median_ms", "p90_ms", "p99_ms",
+                         "mean_ms", "std_ms", "min_ms", "throughput_per_s", "ratio", "ratio_low", "ratio_high",
+                         "baseline", "rss_mb", "device_mb"])
+        for r in self.results:
+            s = r.stats
+            ratio = (r.ratio.ratio, r.ratio.low, r.ratio.high) if r.ratio else ("", "", "")
+            writer.writerow([r.label, r.artifact, r.backend, r.batch, s.n, *(f"{v * 1e3:.4f}" for v in (
+                s.median, s.p90, s.p99, s.mean, s.std, s.min)), f"{r.throughput:.2f}",
+                *(f"{v:.4f}" if v != "" else "" for v in ratio), r.baseline or "",
+                "" if r.rss_mb is None else f"{r.rss_mb:.1f}", "" if r.device_mb is None else f"{r.device_mb:.1f}"])
+        return buffer.getvalue()
+
+    def to_markdown(self) -> str:
+        cpu = self.environment["cpu"]
+        lines = [
+            "| artifact | backend | batch | median ms | p90 ms | p99 ms | items/s | ratio (95% CI) | RSS MB |",
+            "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        ]
+        for r in self.results:
+            lines.append(f"| {r.artifact} | {r.backend} | {r.batch} | {r.stats.median * 1e3:.2f} | "
+                         f"{r.stats.p90 * 1e3:.2f} | {r.stats.p99 * 1e3:.2f} | {r.throughput:.1f} | "
+                         f"{format_ratio(r)} | {'-' if r.rss_mb is None else f'{r.rss_mb:.0f}'} |")
+        lines += ["", f"CPU: {cpu['model']} ({', '.join(cpu['flags']) or 'no AVX-512/VNNI/AMX'}), "
+                      f"{self.environment['threads']} threads. Ratios: median of per-round ratios to the "
+                      "group's first entry; 95% bootstrap interval.", ""]
+        return "\n".join(lines)
+
+
+def format_ratio(result: BenchResult) -> str:
+    if result.ratio is None:
+        return "baseline"
+    r = result.ratio
+    return f"{r.ratio:.3f} [{r.low:.3f}, {r.high:.3f}]"
+
+
+def _rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:
+        return None
+
+
+def _device_free_mb() -> float | None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            return free / 2**20
+    except Exception:  # a broken CUDA install must not stop a CPU benchmark
+        return None
+    return None
+
+
+def warm_up(timer: Callable[[], float], warmup: Warmup, cap_seconds: float = 30.0, cap_runs: int = 500) -> int:
+    """Run until warm (see :class:`Warmup`); returns the number of runs."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        times.append(timer())
+        elapsed = time.perf_counter() - start
+        if warmup.runs is not None and len(times) >= warmup.runs:
+            break
+        if warmup.seconds is not None and elapsed >= warmup.seconds:
+            break
+        if warmup.runs is None and warmup.seconds is None:
+            enough = len(times) >= 10 or elapsed >= 1.0
+            if enough and is_stable(times, window=3):
+                break
+        if elapsed >= cap_seconds or len(times) >= cap_runs:
+            break
+    return len(times)
+
+
+def resolve_entries(specs: list[tuple[str, Artifact]], backends: list[str], stack: contextlib.ExitStack,
+                    notes: list[str]) -> list[Entry]:
+    """Every (artifact, backend) pair that can run: torch models run on ONNX Runtime after an export;
+    ONNX files skip torch backends (with a note)."""
+    for name in backends:
+        ok, why = get_runner_class(name).available()
+        if not ok:
+            raise MissingDependencyError(f"backend {name} unavailable here: {why}")
+    entries: list[Entry] = []
+    seen: dict[str, int] = {}
+    for source, artifact in specs:
+        for backend in backends:
+            cls = get_runner_class(backend)
+            if artifact.kind == "onnx" and cls.artifact_kind == "torch":
+                notes.append(f"{source} skipped on {backend}: an ONNX file runs on ort-* backends")
+                continue
+            converted, conversion_notes = runnable(artifact, backend, stack)
+            notes.extend(conversion_notes)
+            label = f"{source} @ {backend}"
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] > 1:
+                label = f"{label} #{seen[label]}"
+            entries.append(Entry(label, converted, source, backend))
+    if not entries:
+        raise BadInputError("no artifact can run on the chosen backends (ONNX files need ort-cpu or ort-cuda)")
+    return entries
+
+
+def _feeds_for(entry: Entry, batch: int, seed: int) -> dict[str, np.ndarray] | None:
+    specs = entry.artifact.inputs
+    fixed = [s.shape[0] for s in specs if not s.dynamic_batch]
+    if fixed and fixed[0] != batch:
+        return None
+    return make_feeds(specs, samples=batch, batch=batch, data=None, seed=seed).batches[0]
+
+
+def measure_group(entries: list[Entry], batch: int, config: BenchConfig, group: str, notes: list[str],
+                  tick: Callable[[str], None] | None = None) -> list[BenchResult]:
+    """Warm up each entry alone, then time all of them in rotating interleaved rounds."""
+    say = tick or (lambda _msg: None)
+    threads = config.threads
+    with contextlib.ExitStack() as stack:
+        timers: list[tuple[Entry, Callable[[], float], int, float | None, float | None]] = []
+        for entry in entries:
+            feeds = _feeds_for(entry, batch, config.seed)
+            if feeds is None:
+                notes.append(f"{entry.label} skipped at batch {batch}: its batch dim is fixed")
+                continue
+            say(f"batch {batch}: warming up {entry.label}")
+            rss_before, free_before = _rss_mb(), _device_free_mb()
+            runner: Runner = stack.enter_context(get_runner_class(entry.backend)(
+                entry.artifact, threads=threads, allow_spinning=config.ort_spinning))
+            timer = runner.timer(feeds, include_copies=config.include_copies, cuda_graphs=config.cuda_graphs)
+            runs = warm_up(timer, config.warmup)
+            rss_after, free_after = _rss_mb(), _device_free_mb()
+            rss = None if rss_before is None else max(0.0, rss_after - rss_before)
+            device = None if free_before is None else max(0.0, free_before - free_after)
+            timers.append((entry, timer, runs, rss, device))
+        if not timers:
+            return []
+        times: list[list[float]] = [[] for _ in timers]
+        start = time.perf_counter()
+        rounds = 0
+        orders = balanced_orders(len(timers))
+        while True:
+            for index in orders[rounds % len(orders)]:
+                if config.gap:
+                    time.sleep(config.gap)
+                times[index].append(timers[index][1]())
+            rounds += 1
+            elapsed = time.perf_counter() - start
+            if rounds % 5 == 0:
+                say(f"batch {batch}: {rounds} rounds, {elapsed:.1f} s")
+            if (rounds >= config.min_runs and elapsed >= config.min_time) or elapsed >= config.max_time:
+                break
+        if rounds < config.min_runs:
+            notes.append(f"batch {batch}, {group}: stopped at --max-time {config.max_time:g} s after {rounds} rounds")
+    baseline = timers[0][0]
+    results = []
+    for i, (entry, _, warm_runs, rss, device) in enumerate(timers):
+        ratio = None if i == 0 else paired_ratio(times[i], times[0], seed=config.seed)
+        results.append(BenchResult(entry.label, entry.source, entry.backend, batch, group, summarize(times[i]),
+                                   warm_runs, rss, device, ratio, None if i == 0 else baseline.label, times[i]))
+    return results
+
+
+def run_bench(specs: list[tuple[str, Artifact]], backends: list[str], config: BenchConfig,
+              tick: Callable[[str], None] | None = None) -> LatencyReport:
+    threads = config.threads or default_threads()
+    config = BenchConfig(**{**config.__dict__, "threads": threads})
+    notes: list[str] = []
+    results: list[BenchResult] = []
+    with contextlib.ExitStack() as stack:
+        entries = resolve_entries(specs, backends, stack, notes)
+        if config.per_artifact:
+            groups = {}
+            for entry in entries:
+                groups.setdefault(entry.source, []).append(entry)
+        else:
+            groups = {"all": entries}
+        for batch in config.batches:
+            for name, members in groups.items():
+                results.extend(measure_group(members, batch, config, name, notes, tick))
+    if not results:
+        raise BadInputError("nothing was measured: every entry was skipped (see the batch sizes)")
+    return LatencyReport(environment(threads), config, results, notes)
+
+
+def speedup_text(result: BenchResult) -> str:
+    """'1.84× faster' or '0.72× (slower)' from a ratio of times."""
+    if result.ratio is None or not math.isfinite(result.ratio.ratio) or result.ratio.ratio <= 0:
+        return ""
+    speed = 1.0 / result.ratio.ratio
+    return f"{speed:.2f}× faster" if speed >= 1 else f"{speed:.2f}× (slower)"

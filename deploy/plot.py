@@ -1,0 +1,62 @@
+"""Latency chart for bench reports: one panel per batch size, median bars with p90 whiskers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .bench import LatencyReport, format_ratio
+from .errors import MissingDependencyError
+
+BACKEND_COLORS = {"torch-cpu": "#4C72B0", "ort-cpu": "#DD8452", "torch-cuda": "#55A868", "ort-cuda": "#C44E52",
+                  "trt": "#937860"}
+
+
+def plot_latency(report: LatencyReport, path: str | os.PathLike, title: str | None = None) -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib (pip install matplotlib)") from None
+    path = Path(path)
+    batches = sorted({r.batch for r in report.results})
+    labels = list(dict.fromkeys(r.label for r in report.results))
+    fig, axes = plt.subplots(len(batches), 1, figsize=(10, 1.2 + 0.45 * len(labels) * len(batches) + 0.6),
+                             squeeze=False)
+    for ax, batch in zip(axes[:, 0], batches):
+        rows = [r for r in report.results if r.batch == batch]
+        names = [r.label for r in rows]
+        medians = [r.stats.median * 1e3 for r in rows]
+        whiskers = [[0.0] * len(rows), [(r.stats.p90 - r.stats.median) * 1e3 for r in rows]]
+        colors = [BACKEND_COLORS.get(r.backend, "#8172B3") for r in rows]
+        y = range(len(rows))
+        ax.barh(y, medians, xerr=whiskers, color=colors, capsize=4, error_kw={"elinewidth": 1})
+        ax.set_yticks(list(y), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("latency per batch, ms (bar: median, whisker: p90)")
+        ax.set_title(f"batch {batch}", loc="left", fontsize=10)
+        right = max(r.stats.p90 for r in rows) * 1e3
+        for i, r in enumerate(rows):
+            text = f"{r.stats.median * 1e3:.2f} ms · {r.throughput:.0f}/s"
+            if r.ratio is not None:
+                text += f" · ×{format_ratio(r)}"
+            ax.text(r.stats.p90 * 1e3 + right * 0.02, i, text, va="center", fontsize=8)
+        ax.set_xlim(0, right * 1.9)
+        present = list(dict.fromkeys(r.backend for r in rows))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=BACKEND_COLORS.get(b, "#8172B3")) for b in present]
+        ax.legend(handles, present, loc="lower right", fontsize=8, frameon=False)
+    cpu = report.environment["cpu"]
+    fig.suptitle(title or f"deploy bench — {cpu['model']}, {report.environment['threads']} threads", fontsize=10)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path
