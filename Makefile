@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo lint clean
+.PHONY: setup test test-slow demo bench lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,15 @@ test-slow: setup
 
 demo: setup
 	$(VENV)/bin/deploy demo --out results
+
+# The latency suite: each model's backends interleaved as one group (ratios: ort-cpu over torch-cpu).
+BENCH_MODELS ?= resnet18 resnet50 mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0
+BENCH_OUT    ?= bench-results
+bench: setup
+	mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/deploy bench $(BENCH_MODELS) --backend torch-cpu,ort-cpu --batch 1,8 --per-artifact \
+		--json $(BENCH_OUT)/bench.json --csv $(BENCH_OUT)/bench.csv --md $(BENCH_OUT)/bench.md \
+		--plot $(BENCH_OUT)/bench.png
 
 lint: setup
 	$(VENV)/bin/ruff check deploy passes models calib tests

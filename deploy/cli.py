@@ -315,9 +315,10 @@ def bench(
     env = report.environment
     table = Table(title=f"deploy bench — {env['cpu']['model']} "
                         f"({', '.join(env['cpu']['flags']) or 'no AVX-512/VNNI/AMX'}), {env['threads']} threads")
-    for col in ("artifact @ backend", "batch", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "min ms",
-                "items/s", "ratio [95% CI]", "", "RSS MB"):
-        table.add_column(col, justify="left" if col in ("artifact @ backend", "") else "right", no_wrap=True)
+    table.add_column("artifact @ backend", overflow="fold", max_width=48)  # long paths wrap, numbers never do
+    for col in ("batch", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "min ms", "items/s", "ratio [95% CI]", "",
+                "RSS MB"):
+        table.add_column(col, justify="left" if col == "" else "right", no_wrap=True)
     for r in report.results:
         s = r.stats
         table.add_row(r.label, str(r.batch), f"{s.median * 1e3:.2f}", f"{s.p90 * 1e3:.2f}", f"{s.p99 * 1e3:.2f}",
