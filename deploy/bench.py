@@ -116,8 +116,8 @@ class BenchResult:
     group: str
     stats: LatencyStats
     warmup_runs: int
-    rss_mb: float | None
-    device_mb: float | None
+    rss_mb: float | None  # peak growth of resident memory while it loaded and warmed up, alone
+    device_mb: float | None  # peak drop of free device memory over the same span
     ratio: RatioEstimate | None = None
     baseline: str | None = None
     times: list[float] = field(default_factory=list, repr=False)
@@ -208,12 +208,38 @@ def _device_free_mb() -> float | None:
     return None
 
 
-def warm_up(timer: Callable[[], float], warmup: Warmup, cap_seconds: float = 30.0, cap_runs: int = 500) -> int:
+class MemoryWatch:
+    """Peak growth of resident memory and of used device memory since creation, sampled on demand."""
+
+    def __init__(self):
+        self.rss0, self.free0 = _rss_mb(), _device_free_mb()
+        self.rss_peak, self.device_peak = 0.0, 0.0
+
+    def sample(self) -> None:
+        rss, free = _rss_mb(), _device_free_mb()
+        if rss is not None and self.rss0 is not None:
+            self.rss_peak = max(self.rss_peak, rss - self.rss0)
+        if free is not None and self.free0 is not None:
+            self.device_peak = max(self.device_peak, self.free0 - free)
+
+    @property
+    def rss_mb(self) -> float | None:
+        return None if self.rss0 is None else self.rss_peak
+
+    @property
+    def device_mb(self) -> float | None:
+        return None if self.free0 is None else self.device_peak
+
+
+def warm_up(timer: Callable[[], float], warmup: Warmup, cap_seconds: float = 30.0, cap_runs: int = 500,
+            after_run: Callable[[], None] | None = None) -> int:
     """Run until warm (see :class:`Warmup`); returns the number of runs."""
     times: list[float] = []
     start = time.perf_counter()
     while True:
         times.append(timer())
+        if after_run:
+            after_run()
         elapsed = time.perf_counter() - start
         if warmup.runs is not None and len(times) >= warmup.runs:
             break
@@ -277,15 +303,13 @@ def measure_group(entries: list[Entry], batch: int, config: BenchConfig, group: 
                 notes.append(f"{entry.label} skipped at batch {batch}: its batch dim is fixed")
                 continue
             say(f"batch {batch}: warming up {entry.label}")
-            rss_before, free_before = _rss_mb(), _device_free_mb()
+            memory = MemoryWatch()  # this entry alone: loading it and its warm-up runs
             runner: Runner = stack.enter_context(get_runner_class(entry.backend)(
                 entry.artifact, threads=threads, allow_spinning=config.ort_spinning))
             timer = runner.timer(feeds, include_copies=config.include_copies, cuda_graphs=config.cuda_graphs)
-            runs = warm_up(timer, config.warmup)
-            rss_after, free_after = _rss_mb(), _device_free_mb()
-            rss = None if rss_before is None else max(0.0, rss_after - rss_before)
-            device = None if free_before is None else max(0.0, free_before - free_after)
-            timers.append((entry, timer, runs, rss, device))
+            memory.sample()
+            runs = warm_up(timer, config.warmup, after_run=memory.sample)
+            timers.append((entry, timer, runs, memory.rss_mb, memory.device_mb))
         if not timers:
             return []
         times: list[list[float]] = [[] for _ in timers]
