@@ -110,3 +110,13 @@ def test_inspect_json_for_model_and_onnx(cli, tiny_onnx, tmp_path):
         report = json.loads(path.read_text())
         assert report["flops"] > 0 and report["params"] > 0 and report["layers"]
         assert any(layer["op"] in ("Conv", "Conv2d") and layer["flops"] > 0 for layer in report["layers"])
+
+
+def test_dynamo_exporter_writes_one_verified_file(cli, tmp_path):
+    out = tmp_path / "dyn.onnx"
+    result = cli("export", "tiny-resnet", "-o", out, "--exporter", "dynamo", "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["exporter"] == "dynamo" and report["passed"] and report["check"]["outputs"][0]["max_rel"] <= 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dyn.onnx", "e.json"]  # no .onnx.data beside it
+    assert not report["external_data"]
