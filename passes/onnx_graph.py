@@ -1,0 +1,111 @@
+"""Small helpers over an ONNX graph for the ONNX-stage passes: lookups, constants, clean-up, counts."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class GraphIndex:
+    """Producer and consumers of every tensor, and the graph's constants (initializers, Constant nodes)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.graph = graph
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.graph_outputs = {o.name for o in graph.output}
+        self.graph_inputs = {i.name for i in graph.input if i.name not in self.initializers}
+
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of a tensor that is an initializer or a Constant node's output, else None."""
+        if name in self.initializers:
+            return numpy_helper.to_array(self.initializers[name])
+        node = self.producer.get(name)
+        while node is not None and node.op_type == "Identity":  # exporters alias shared weights this way
+            name = node.input[0]
+            if name in self.initializers:
+                return numpy_helper.to_array(self.initializers[name])
+            node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return numpy_helper.to_array(attr.t)
+                if attr.name in ("value_float", "value_int"):
+                    return np.array(helper.get_attribute_value(attr))
+                if attr.name in ("value_floats", "value_ints"):
+                    return np.array(helper.get_attribute_value(attr))
+        return None
+
+    def is_constant(self, name: str) -> bool:
+        return name == "" or self.constant(name) is not None
+
+    def single_consumer(self, name: str) -> onnx.NodeProto | None:
+        users = self.consumers.get(name, [])
+        if len(users) == 1 and name not in self.graph_outputs:
+            return users[0]
+        return None
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def eliminate_dead_nodes(graph: onnx.GraphProto) -> int:
+    """Drop nodes whose outputs nobody reads and initializers no node reads; returns nodes removed."""
+    removed = 0
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        keep = [n for n in graph.node if any(out in used for out in n.output)]
+        if len(keep) == len(graph.node):
+            break
+        removed += len(graph.node) - len(keep)
+        del graph.node[:]
+        graph.node.extend(keep)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    dead = [t for t in graph.initializer if t.name not in used]
+    for t in dead:
+        graph.initializer.remove(t)
+    inputs_dead = [i for i in graph.input if i.name not in used and i.name in {t.name for t in dead}]
+    for i in inputs_dead:
+        graph.input.remove(i)
+    return removed
+
+
+def unique_name(graph: onnx.GraphProto, base: str) -> str:
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
+        {n.name for n in graph.node} | {i.name for i in graph.input}
+    name, k = base, 1
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def add_initializer(graph: onnx.GraphProto, base: str, value: np.ndarray) -> str:
+    name = unique_name(graph, base)
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    return name
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node))
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    return int(sum(int(np.prod(t.dims)) if t.dims else 1 for t in model.graph.initializer))
+
+
+def graph_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """nodes, params, and nodes per op type (what a pass report shows before/after)."""
+    hist = op_histogram(model)
+    return {"nodes": sum(hist.values()), "params": parameter_count(model), **dict(sorted(hist.items()))}
