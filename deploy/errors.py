@@ -1,6 +1,7 @@
 """The error hierarchy and the exit codes it maps to (DESIGN.md §3).
 
-0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing.
+0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing ·
+4 an internal error (a bug in deploy: never mistaken for a failed check).
 Every error prints as one line: what is wrong, which file, and what to do.
 """
 
@@ -10,6 +11,7 @@ EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_DEPENDENCY = 3
+EXIT_INTERNAL = 4
 
 
 class DeployError(Exception):

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .backends.base import first_line
 from .backends.torch_runner import name_outputs
 from .compare import CompareReport
 from .errors import BadInputError, CheckFailedError, MissingDependencyError
@@ -79,9 +80,15 @@ def graph_stats(model) -> tuple[dict[str, int], int]:
     return dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))), params
 
 
-def _output_names(module: torch.nn.Module, example: torch.Tensor) -> list[str]:
-    with torch.inference_mode():
-        return list(name_outputs(module(example)))
+def _output_names(module: torch.nn.Module, example: torch.Tensor, label: str) -> list[str]:
+    try:
+        with torch.inference_mode():
+            return list(name_outputs(module(example)))
+    except BadInputError:
+        raise
+    except Exception as err:
+        raise BadInputError(f"{label}: the model does not run on input shape {tuple(example.shape)}: "
+                            f"{first_line(err)}") from None
 
 
 def _export_torchscript(module, example, path: Path, opset: int, dynamic: bool, out_names: list[str]) -> None:
@@ -108,6 +115,15 @@ def _export_dynamo(module, example, path: Path, opset: int, dynamic: bool, out_n
         program.save(str(path))
 
 
+def initializer_bytes(model) -> int:
+    """Bytes of weights, counted without serialising the model (which fails above 2 GB)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) if t.raw_data else 4 * (len(t.float_data) + len(t.int32_data)) + \
+            8 * (len(t.int64_data) + len(t.double_data))
+    return total
+
+
 def simplify_model(model):
     """onnxsim's simplify; returns (model, ok, note)."""
     try:
@@ -127,7 +143,7 @@ def save_onnx(model, path: Path) -> bool:
     """Save in one file, or with external data beside it when over protobuf's 2 GB; returns whether external."""
     import onnx
 
-    external = model.ByteSize() >= TWO_GB
+    external = initializer_bytes(model) >= TWO_GB - 64 * 2**20  # leave room for the graph itself
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
@@ -175,10 +191,12 @@ def export_onnx(
         raise BadInputError(f"{output}: the output file must end in .onnx")
     if not output.parent.exists():
         raise BadInputError(f"{output}: folder {output.parent} does not exist")
+    if output.is_dir():
+        raise BadInputError(f"{output}: is a folder; give a file name")
     say = progress or (lambda _msg: None)
     example = torch.zeros(artifact.example_shape)
     module = artifact.module.eval()
-    out_names = _output_names(module, example)
+    out_names = _output_names(module, example, artifact.label)
     notes: list[str] = []
 
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -199,12 +217,16 @@ def export_onnx(
         export_seconds = time.perf_counter() - start
 
         say("checking and inferring shapes")
+        # the path forms work above protobuf's 2 GB limit, where in-memory checking cannot serialise
+        onnx.checker.check_model(str(tmp_path))
+        onnx.shape_inference.infer_shapes_path(str(tmp_path), str(tmp_path))
         model = onnx.load(str(tmp_path))
         written_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
         if written_opset != opset:
             notes.append(f"the {exporter} exporter wrote opset {written_opset} (asked {opset})")
-        onnx.checker.check_model(model)
-        model = onnx.shape_inference.infer_shapes(model)
+        if simplify and initializer_bytes(model) >= TWO_GB:
+            simplify = False
+            notes.append("over 2 GB of weights: onnxsim cannot take it; graph left unsimplified")
 
         simplify_seconds = 0.0
         simplified = False

@@ -58,6 +58,8 @@ def make_feeds(
     """
     if samples < 1:
         raise BadInputError(f"--inputs {samples}: need at least 1 sample")
+    if batch is not None and batch < 1:
+        raise BadInputError(f"--batch {batch}: need at least 1 sample per run")
     fixed = {s.shape[0] for s in specs if not s.dynamic_batch}
     if len(fixed) > 1:
         raise BadInputError(f"inputs disagree on the batch dim: {sorted(fixed)}")
@@ -72,6 +74,11 @@ def make_feeds(
         if len(specs) != 1:
             raise BadInputError(f"--data feeds one image input; the model has {len(specs)} inputs")
         array, source = _images(specs[0], samples, data, offset)
+        if len(array) % batch:
+            if fixed:
+                raise BadInputError(f"--data {data}: {len(array)} images do not fill whole batches of {batch}, "
+                                    f"the model's fixed batch; add images or use --inputs")
+            batch = min(batch, len(array))
         samples = len(array)
         arrays = {specs[0].name: array.astype(specs[0].dtype)}
     else:

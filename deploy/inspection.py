@@ -157,15 +157,16 @@ def inspect_onnx(path, input_shape: tuple[int, ...] | None = None, label: str | 
             g = int(attrs.get("group", 1))
             if w and y and node.op_type == "Conv":
                 flops = conv_flops(w[1] * g, w[0], g, tuple(w[2:]), tuple(y[2:]))
-            elif w and x:  # ConvTranspose weight is (Cin, Cout/g, k…)
+            elif w and x and node.op_type == "ConvTranspose":  # weight (Cin, Cout/g, k…)
                 flops = 2 * w[0] * _prod(w[2:]) * w[1] * _prod(x[2:])
         elif node.op_type in ("Gemm", "MatMul") and len(node.input) > 1:
             a, b, y = static(node.input[0]), static(node.input[1]), static(node.output[0])
+            per_sample = y[1:] if y and len(y) >= 2 else y  # rows of the batch count once, like convs
             if a and y:
                 k = a[-1] if not (node.op_type == "Gemm" and attrs.get("transA", 0)) else a[0]
-                flops = 2 * k * _prod(y)
+                flops = 2 * k * _prod(per_sample)
             elif b and y:
-                flops = 2 * (b[0] if not attrs.get("transB", 0) else b[-1]) * _prod(y)
+                flops = 2 * (b[0] if not attrs.get("transB", 0) else b[-1]) * _prod(per_sample)
         layers.append(LayerInfo(node.name or f"{node.op_type}_{index}", node.op_type, out_shape, params, flops))
     params = sum(_prod(t.dims) for t in graph.initializer)
     first = graph_inputs[0] if graph_inputs else None
@@ -177,7 +178,7 @@ def inspect_onnx(path, input_shape: tuple[int, ...] | None = None, label: str | 
 
 def inspect_artifact(artifact: Artifact) -> InspectReport:
     if artifact.kind == "onnx":
-        shape = artifact.inputs[0].shape
-        concrete = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape)
-        return inspect_onnx(artifact.onnx_path, concrete, artifact.label)
+        for spec in artifact.inputs:
+            spec.concrete(1)  # a symbolic H/W needs --shape: refuse rather than measure a 1×1 input
+        return inspect_onnx(artifact.onnx_path, artifact.inputs[0].concrete(1), artifact.label)
     return inspect_module(artifact.module, artifact.example_shape, artifact.label)

@@ -33,6 +33,8 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     path = Path(path)
     if not path.parent.exists():
         raise BadInputError(f"--json {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise BadInputError(f"--json {path}: is a folder; give a file name")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends.base import TensorSpec
-from .errors import BadInputError
+from .backends.base import TensorSpec, first_line
+from .errors import BadInputError, MissingDependencyError
 from .models import UnknownModelError, create_model, get_model_entry, list_models
 
 TORCH_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -105,7 +105,11 @@ def load_artifact(
     elif realistic and ":" not in spec:
         from .numerics import make_realistic
 
-        make_realistic(module, shape)
+        try:
+            make_realistic(module, shape)
+        except Exception as err:
+            raise BadInputError(f"{spec}: the model does not run on input shape {tuple(shape)}: "
+                                f"{first_line(err)}") from None
         notes.append("seeded random weights, BN statistics from the bundled photos")
     # a module takes any batch: the spec's batch dim is symbolic; the concrete shape is kept for export
     inputs = [TensorSpec("input", ("batch", *shape[1:]))]
@@ -144,7 +148,9 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | None = 
         for axis, (want, have) in enumerate(zip(shape, inputs[0].shape)):
             if isinstance(have, int) and have > 0 and have != want:
                 raise BadInputError(f"{path}: --shape {shape} conflicts with the file's fixed dim {axis} = {have}")
-        inputs = [TensorSpec(inputs[0].name, shape, inputs[0].dtype)]
+        keep_batch = inputs[0].dynamic_batch  # --shape fills the free dims; a dynamic batch stays dynamic
+        dims = ((inputs[0].shape[0],) if keep_batch else (shape[0],)) + tuple(shape[1:])
+        inputs = [TensorSpec(inputs[0].name, dims, inputs[0].dtype)]
     outputs = model.graph.output
     num_classes = None
     if len(outputs) == 1 and len(outputs[0].type.tensor_type.shape.dim) == 2:
@@ -180,15 +186,25 @@ def _load_user_model(spec: str) -> nn.Module:
             sys.path.insert(0, cwd)
         try:
             module = importlib.import_module(target)
-        except ImportError as err:
-            raise BadInputError(f"'{spec}': cannot import {target}: {err}") from None
+        except ModuleNotFoundError as err:
+            if err.name and target.split(".")[0] != err.name.split(".")[0]:
+                raise MissingDependencyError(f"'{spec}': {target} needs the package '{err.name}', which is not "
+                                             f"installed") from None
+            raise BadInputError(f"'{spec}': cannot import {target}: {err} (run from the folder that holds it)"
+                                ) from None
+        except Exception as err:
+            raise BadInputError(f"'{spec}': importing {target} failed: {type(err).__name__}: {err}") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise BadInputError(f"'{spec}': {target} has no callable '{attr}' (it has: {', '.join(public[:10])})")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # deterministic random init, so repeated loads agree
-        model = factory()
+        try:
+            model = factory()
+        except Exception as err:
+            raise BadInputError(f"'{spec}': {attr}() failed: {type(err).__name__}: {first_line(err)} "
+                                f"(the factory is called with no arguments)") from None
     if not isinstance(model, nn.Module):
         raise BadInputError(f"'{spec}': {attr}() returned {type(model).__name__}, not a torch.nn.Module")
     return model.eval()
@@ -215,13 +231,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            detail = str(err).strip().splitlines()[0][:160]
-            if "weights_only" in str(err) or "Unsupported global" in str(err) or "GLOBAL" in str(err):
+            callables = foreign_pickle_globals(path)
+            if callables:
                 raise BadInputError(
-                    f"{path}: refused: the checkpoint contains pickled Python objects that would run code when "
-                    f"loaded; re-save it as a plain state_dict (torch.save(model.state_dict(), …)) or .safetensors"
+                    f"{path}: refused: loading it would import and call {', '.join(callables[:3])}; re-save it as a "
+                    f"plain state_dict (torch.save(model.state_dict(), …)) or .safetensors"
                 ) from None
-            raise BadInputError(f"{path}: not a readable checkpoint: {detail}") from None
+            detail = [line for line in str(err).splitlines() if line.strip()][-2:]
+            raise BadInputError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                                f"{' '.join(detail)[:160]}") from None
         except Exception as err:
             detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
             raise BadInputError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail}") from None
@@ -236,6 +254,40 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+# What torch.save itself puts in a checkpoint: rebuilding tensors and containers, nothing else.
+SAFE_PICKLE_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set", "builtins.tuple")
+
+
+def foreign_pickle_globals(path: Path) -> list[str]:
+    """Callables a pickle would import (GLOBAL / STACK_GLOBAL opcodes) beyond torch's own, read with
+    pickletools without executing anything. Works on torch's zip checkpoints and on bare pickles."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            data = Path(path).read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # a corrupt stream ends the scan; what was seen so far still counts
+        pass
+    return sorted({g for g in found if not g.startswith(SAFE_PICKLE_PREFIXES)})
 
 
 def _few(keys: list[str], limit: int = 5) -> str:

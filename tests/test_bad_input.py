@@ -64,13 +64,17 @@ class RunsCode:
         return (os.system, ("echo pwned > /dev/null",))
 
 
-def test_pickle_that_would_run_code_is_refused(cli, tmp_path):
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_pickle_that_would_run_code_is_refused(cli, tmp_path, writer):
     ckpt = tmp_path / "evil.pt"
-    with open(ckpt, "wb") as f:
-        pickle.dump({"conv.weight": RunsCode()}, f)
+    if writer == "pickle":  # a bare pickle, protocol 4
+        with open(ckpt, "wb") as f:
+            pickle.dump({"conv.weight": RunsCode()}, f)
+    else:  # torch's zip format, protocol 2
+        torch.save({"conv.weight": RunsCode()}, ckpt)
     out = tmp_path / "out.onnx"
     result = cli("export", "tiny-resnet", "-o", out, "--weights", ckpt)
-    assert_clean_failure(result, out, "evil.pt", "refused", "run code")
+    assert_clean_failure(result, out, "evil.pt", "refused", "would import and call", "system")
 
 
 def test_truncated_checkpoint(cli, tmp_path):
@@ -118,3 +122,43 @@ def test_export_that_fails_verification_writes_nothing(tmp_path):
     with pytest.raises(CheckFailedError, match="not written"):
         export_onnx(artifact, out, verify_data=None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_factory_that_raises_and_module_that_fails_to_import(cli, tmp_path, monkeypatch):
+    (tmp_path / "badpkg.py").write_text("1 / 0\n")
+    (tmp_path / "goodmod.py").write_text("def broken():\n    raise RuntimeError('factory fails')\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "u.onnx"
+    assert_clean_failure(cli("export", "badpkg:make", "-o", out, "--shape", "1,3,8,8"), out, "ZeroDivisionError")
+    assert_clean_failure(cli("export", f"{tmp_path / 'goodmod.py'}:broken", "-o", out, "--shape", "1,3,8,8"), out,
+                         "factory fails")
+
+
+def test_corrupt_checkpoint_is_not_called_malicious(cli, tmp_path):
+    ckpt = tmp_path / "noise.pt"
+    ckpt.write_bytes(bytes(range(256)) * 4)
+    out = tmp_path / "out.onnx"
+    result = cli("export", "tiny-resnet", "-o", out, "--weights", ckpt)
+    assert_clean_failure(result, out, "noise.pt", "not a readable checkpoint")
+    assert "refused" not in result.stderr
+
+
+def test_model_that_cannot_take_the_shape(cli, tmp_path):
+    out = tmp_path / "grey.onnx"
+    assert_clean_failure(cli("export", "tiny-resnet", "--shape", "1,1,32,32", "-o", out), out,
+                         "does not run on input shape (1, 1, 32, 32)")
+
+
+def test_batch_baked_into_a_user_model(cli, tmp_path):
+    src = tmp_path / "flat.py"
+    src.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
+                   "        return x.reshape(1, 192) * 2\ndef make():\n    return M()\n")
+    result = cli("check", f"{src}:make", f"{src}:make", "--shape", "1,3,8,8", "--inputs", "4")
+    assert result.exit_code == 2 and "baked into the model" in result.stderr
+
+
+def test_outputs_that_are_folders_and_bad_batches(cli, tiny_onnx, tmp_path):
+    folder = tmp_path / "dir.onnx"
+    folder.mkdir()
+    assert_clean_failure(cli("export", "tiny-resnet", "-o", folder), None, "is a folder")
+    assert_clean_failure(cli("check", tiny_onnx, tiny_onnx, "--batch", "-2"), None, "--batch -2")

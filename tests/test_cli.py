@@ -120,3 +120,29 @@ def test_dynamo_exporter_writes_one_verified_file(cli, tmp_path):
     assert report["exporter"] == "dynamo" and report["passed"] and report["check"]["outputs"][0]["max_rel"] <= 1e-5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dyn.onnx", "e.json"]  # no .onnx.data beside it
     assert not report["external_data"]
+
+
+def test_nested_outputs_are_all_compared(cli, tmp_path):
+    """A detector-style (logits, [boxes]) output: a change in the nested tensor must fail the check."""
+    src = tmp_path / "nest.py"
+    src.write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, k):\n"
+        "        super().__init__()\n"
+        "        self.c, self.d, self.k = torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 2, 1), k\n"
+        "    def forward(self, x):\n"
+        "        return self.c(x), [self.d(x) * self.k]\n"
+        "def good():\n    return Net(1.0)\n"
+        "def broken():\n    return Net(3.0)\n")
+    result = cli("check", f"{src}:good", f"{src}:broken", "--shape", "1,3,8,8")
+    assert result.exit_code == 1 and "output_1" in result.output.strip().splitlines()[-1]
+    out = tmp_path / "nest.onnx"
+    result = cli("export", f"{src}:good", "-o", out, "--shape", "1,3,8,8")
+    assert result.exit_code == 0, result.output
+    assert "2 output(s)" in result.output.strip().splitlines()[-1]
+
+
+def test_shape_on_a_dynamic_batch_file_keeps_the_batch_free(cli, tiny_onnx, tmp_path):
+    result = cli("check", "tiny-resnet", tiny_onnx, "--shape", "1,3,32,32", "--inputs", "8", "--batch", "4")
+    assert result.exit_code == 0, result.output

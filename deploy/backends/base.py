@@ -18,6 +18,11 @@ import numpy as np
 from ..errors import BadInputError
 
 
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:240]
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, shape (ints, or strings for symbolic dims) and dtype of one graph input or output."""
@@ -83,7 +88,13 @@ class Runner(ABC):
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.validate(feeds)
-        return self._run(feeds)
+        try:
+            return self._run(feeds)
+        except Exception as err:  # the model itself failed on these inputs
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+            raise BadInputError(f"{self.artifact.label}: fails on {self.name} with inputs {shapes}: "
+                                f"{first_line(err)} (wrong --shape, or a batch size baked into the model?)"
+                                ) from None
 
     def timer(self, feeds: dict[str, np.ndarray], include_copies: bool = False,
               cuda_graphs: bool = False) -> Callable[[], float]:

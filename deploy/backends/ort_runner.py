@@ -53,6 +53,11 @@ class OrtRunner(Runner):
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BadInputError(f"{path}: ONNX Runtime cannot load it: {first}") from None
+        if self.provider not in self.session.get_providers():
+            # the wheel lists the provider, but it could not start (CUDA/cuDNN libraries): ORT fell back
+            raise MissingDependencyError(f"{self.name} unavailable: ONNX Runtime could not start "
+                                         f"{self.provider} (CUDA/cuDNN libraries?) and fell back to "
+                                         f"{self.session.get_providers()}")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def close(self) -> None:

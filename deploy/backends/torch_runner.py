@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Mapping, Sequence
 
@@ -15,15 +16,20 @@ from .base import Runner
 def name_outputs(result) -> dict[str, torch.Tensor]:
     """Give a model's outputs the names the exporter gives them.
 
-    One tensor → ``output``; a tuple/list → ``output_0``, ``output_1``…; a mapping keeps its keys.
+    One tensor → ``output``; a flat mapping of tensors keeps its keys; anything else (tuples, lists,
+    nesting such as a detector's ``(logits, [boxes, scores])``) is flattened in the exporter's order to
+    ``output_0``, ``output_1``… so that no nested tensor escapes the comparison.
     """
+    from torch.utils._pytree import tree_flatten
+
     if isinstance(result, torch.Tensor):
         return {"output": result}
-    if isinstance(result, Mapping):
-        return {str(k): v for k, v in result.items() if isinstance(v, torch.Tensor)}
-    if isinstance(result, Sequence):
-        flat = [v for v in result if isinstance(v, torch.Tensor)]
-        return {f"output_{i}": v for i, v in enumerate(flat)}
+    if isinstance(result, Mapping) and all(isinstance(v, torch.Tensor) for v in result.values()):
+        return {str(k): v for k, v in result.items()}
+    if isinstance(result, Mapping | Sequence):
+        flat = [v for v in tree_flatten(result)[0] if isinstance(v, torch.Tensor)]
+        if flat:
+            return {f"output_{i}": v for i, v in enumerate(flat)}
     raise BadInputError(f"model returned {type(result).__name__}; expected tensors (a tensor, tuple or dict)")
 
 
@@ -44,12 +50,14 @@ class TorchRunner(Runner):
         self._saved_threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
-        self.module = self.artifact.module.to(self.device).eval()
+        module = self.artifact.module
+        # a device runner gets its own copy: the artifact may be shared with a CPU runner in the same bench
+        self.module = (module if self.device == "cpu" else copy.deepcopy(module).to(self.device)).eval()
 
     def close(self) -> None:
         torch.set_num_threads(self._saved_threads)
         if self.device != "cpu":
-            self.artifact.module.to("cpu")
+            self.module = None
             torch.cuda.empty_cache()
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
