@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends import get_runner_class
 from .backends.base import Runner, TensorSpec
+from .backends.torch_runner import TorchFloat64Runner
 from .compare import CompareReport, compare_outputs
 from .errors import BadInputError
 from .inputs import Feeds, make_feeds
@@ -71,8 +72,12 @@ def check_artifacts(
     overrides: list[str] | None = None,
     threads: int | None = None,
     tick: Callable[[], None] | None = None,
+    exact_reference: bool = True,
 ) -> CompareReport:
-    """Run both artifacts on the same inputs and judge every output (reference first)."""
+    """Run both artifacts on the same inputs and judge every output (reference first).
+
+    ``exact_reference``: a PyTorch reference on torch-cpu is also run in float64, the candidate is judged
+    against that, and the fp32 threshold allows twice the reference's own fp32 error (compare_outputs)."""
     backend_reference = backend_reference or default_backend(reference)
     backend_candidate = backend_candidate or default_backend(candidate)
     with contextlib.ExitStack() as stack:
@@ -83,6 +88,15 @@ def check_artifacts(
         for artifact, backend in ((ref, backend_reference), (cand, backend_candidate)):
             with get_runner_class(backend)(artifact, threads=threads) as runner:
                 results.append(run_batches(runner, feeds, tick))
-    diffs, pair_notes = compare_outputs(results[0], results[1], precision, overrides)
+        exact = exact_reference and ref.kind == "torch" and backend_reference == "torch-cpu"
+        if exact:
+            with TorchFloat64Runner(ref, threads=threads) as runner:
+                ref64 = run_batches(runner, feeds, tick)
+    if exact:
+        diffs, pair_notes = compare_outputs(ref64, results[1], precision, overrides, ref_fp32_batches=results[0])
+        pair_notes.append("reference evaluated in float64; fp32 threshold = max(preset, 2 × the reference's own "
+                          "fp32 error)")
+    else:
+        diffs, pair_notes = compare_outputs(results[0], results[1], precision, overrides)
     return CompareReport(reference.label, candidate.label, backend_reference, backend_candidate, feeds.source,
                          feeds.samples, precision, diffs, notes_a + notes_b + pair_notes)

@@ -66,13 +66,17 @@ def fmt_db(x: float) -> str:
 def compare_table(report: CompareReport) -> Table:
     table = Table(title=f"{report.candidate} ({report.backend_candidate}) vs {report.reference} "
                         f"({report.backend_reference}) — {report.data}, {report.precision} tolerance")
-    for col in ("output", "shape", "max abs", "max rel", "cosine", "SQNR dB", "centred SQNR", "top-1", "verdict"):
+    exact = any(o.reference_fp32_error is not None for o in report.outputs)
+    columns = ["output", "shape", "max abs", "max rel", *(["ref fp32 err"] if exact else []), "cosine", "SQNR dB",
+               "centred SQNR", "top-1", "verdict"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("output", "verdict") else "right")
     for o in report.outputs:
         verdict = "[green]ok[/green]" if o.passed else f"[red]{'; '.join(o.failures)}[/red]"
-        table.add_row(o.name, "×".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", f"{o.cosine:.6f}",
-                      fmt_db(o.sqnr_db), fmt_db(o.centred_sqnr_db), "-" if o.top1 is None else f"{o.top1:.3f}",
-                      verdict)
+        floor = [f"{o.reference_fp32_error:.3g}" if o.reference_fp32_error is not None else "-"] if exact else []
+        table.add_row(o.name, "×".join(map(str, o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}", *floor,
+                      f"{o.cosine:.6f}", fmt_db(o.sqnr_db), fmt_db(o.centred_sqnr_db),
+                      "-" if o.top1 is None else f"{o.top1:.3f}", verdict)
     return table
 
 

@@ -197,7 +197,8 @@ def _describe(node: fx.Node, get: Callable[[str], nn.Module]) -> str:
     if node.op == "call_module":
         return f"{type(get(node.target)).__name__} '{node.target}'"
     if node.op == "call_function":
-        return f"{getattr(node.target, '__name__', str(node.target))}()"
+        name = getattr(node.target, "__name__", str(node.target))
+        return f"the functional {name}()" if name.startswith(("conv", "linear")) else f"{name}()"
     if node.op == "call_method":
         return f"the tensor method .{node.target}()"
     if node.op == "placeholder":
@@ -346,6 +347,7 @@ def _fuse_sequential(seq: nn.Sequential, prefix: str, report: PassReport, shared
 
 
 def _fallback(model: nn.Module, report: PassReport) -> nn.Module:
+    alive = list(model.modules())  # keeps the ids below valid while folded BNs are swapped out and freed
     counts = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     shared = {key for key, n in counts.items() if n > 1}
     seen: set[int] = set()
@@ -371,6 +373,7 @@ def _fallback(model: nn.Module, report: PassReport) -> nn.Module:
             visit(child, f"{prefix}{name}.", False)
 
     visit(model, "", True)
+    del alive
     reported = {s.where for s in report.skipped}
     for name, m in model.named_modules():
         if isinstance(m, _BatchNorm) and name not in reported:

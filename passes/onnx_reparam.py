@@ -325,20 +325,33 @@ class RegionRunner:
         return np.asarray(self.evaluator.run([name], {self.input: np.zeros((1, channels) + (size,) * rank)})[0])
 
 
-def measure_conv(run: RegionRunner, channels: int, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def _measure_size(geometry: Geometry, pad_end: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The smallest input (per axis: size n, first impulse position c) whose outputs show every tap of
+    every stride phase: impulses at c … c+s−1 reach outputs (c + d + P − k)/s, which must all lie in
+    [0, out) with out = floor((n + P + P_end − K)/s) + 1. Small inputs keep the impulse runs cheap."""
+    sizes, starts = [], []
+    for s, P, K, E in zip(geometry.stride, geometry.pad_begin, geometry.kernel, pad_end):
+        c = max(0, K - 1 - P)
+        n = c + s
+        while (n + P + E - K) // s + 1 <= (c + s - 1 + P) // s or n + P + E < K:
+            n += 1
+        sizes.append(n)
+        starts.append(c)
+    return tuple(sizes), tuple(starts)
+
+
+def measure_conv(run: RegionRunner, channels: int, geometry: Geometry, pad_end: tuple[int, ...]
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Kernel (Cout, Cin, *K) and bias (Cout) of the region, read from impulse responses (see module doc)."""
     rank = len(geometry.kernel)
     s, P, K = geometry.stride, geometry.pad_begin, geometry.kernel
-    size = tuple(s[a] * (K[a] + 2) + P[a] + 2 for a in range(rank))
-    centre = tuple(size[a] // 2 for a in range(rank))
+    size, start = _measure_size(geometry, pad_end)
     zero = run(np.zeros((1, channels, *size)))
     cout = zero.shape[1]
-    out_centre = tuple((centre[a] + P[a]) // s[a] for a in range(rank))
-    bias = zero[(0, slice(None)) + out_centre]
     kernel = np.zeros((cout, channels, *K))
     for phase in np.ndindex(*s):
         x = np.zeros((channels, channels, *size))
-        position = tuple(centre[a] + phase[a] for a in range(rank))
+        position = tuple(start[a] + phase[a] for a in range(rank))
         x[(np.arange(channels), np.arange(channels)) + position] = 1.0
         response = run(x) - zero  # (Cin, Cout, *out)
         taps = [[k for k in range(K[a]) if (position[a] + P[a] - k) % s[a] == 0] for a in range(rank)]
@@ -348,6 +361,9 @@ def measure_conv(run: RegionRunner, channels: int, geometry: Geometry) -> tuple[
             if any(o < 0 or o >= response.shape[2 + a] for a, o in enumerate(out)):
                 raise NotMergeable("the region's output is too small to read its kernel")
             kernel[(slice(None), slice(None)) + k] = response[(slice(None), slice(None)) + out].T
+    # the bias: the response to zeros away from any border effect (certification checks the borders)
+    centre = tuple(min(zero.shape[2 + a] - 1, max(0, (start[a] + P[a]) // s[a])) for a in range(rank))
+    bias = zero[(0, slice(None)) + centre]
     return kernel, bias
 
 
@@ -432,10 +448,10 @@ def merge_region(model: onnx.ModelProto, index: GraphIndex, region: Region, chan
     run = RegionRunner(_region_model(region, index, list(model.opset_import)))
     paths, windows = path_windows(region, index, rank, resolve=lambda name: run.value_at(name, channels, rank))
     geometry = merged_geometry(paths)
-    kernel, bias = measure_conv(run, channels, geometry)
+    pad_end = _pad_end(geometry, run, channels)
+    kernel, bias = measure_conv(run, channels, geometry, pad_end)
     groups = detect_groups(kernel)
     weight = grouped_weight(kernel, groups).astype(np.float32)
-    pad_end = _pad_end(geometry, run, channels)
     candidate = RegionRunner(_conv_model(region.source, region.root.output[0], weight.astype(np.float64),
                                          bias, geometry, pad_end, groups))
     error = certify(run, candidate, channels, geometry, seed)

@@ -20,10 +20,13 @@ def test_zoo_model_exports_equivalent(name, tmp_path):
     out = tmp_path / f"{name}.onnx"
     report = export_onnx(artifact, out, verify_samples=4)
     assert report.check is not None and report.check.passed, report.check.summary()
-    assert report.check.worst().max_rel <= 1e-5
+    worst = report.check.worst()
+    # vs the float64 reference: 1e-5, or twice PyTorch's own fp32 error where the net is that ill-conditioned
+    assert worst.max_rel <= max(1e-5, 2 * worst.reference_fp32_error)
     assert "photos" in report.check.data
     model = onnx.load(str(out))
-    assert "BatchNormalization" not in report.nodes_by_op  # eval-mode export folds BN into convs
+    if not any(name.startswith(p) for p in ("repvgg", "dbb", "mobileone")):  # their identity BNs stay
+        assert "BatchNormalization" not in report.nodes_by_op  # eval-mode export folds BN into convs
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch by default
     assert report.parameters > 0 and report.file_bytes == out.stat().st_size
 

@@ -67,6 +67,26 @@ class TorchRunner(Runner):
         return {k: v.detach().float().cpu().numpy() for k, v in outputs.items()}
 
 
+class TorchFloat64Runner(TorchRunner):
+    """PyTorch on CPU in float64: the exact function of a model, the reference that exact passes and
+    exports are judged against (not a serving backend, so not in the backend table)."""
+
+    name = "torch-cpu-fp64"
+
+    def load(self) -> None:
+        super().load()
+        self.module = copy.deepcopy(self.module).double()
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        args = []
+        for s in self.input_specs:
+            t = torch.from_numpy(np.ascontiguousarray(feeds[s.name]))
+            args.append(t.double() if t.is_floating_point() else t)
+        with torch.inference_mode():
+            outputs = name_outputs(self.module(*args))
+        return {k: v.detach().double().numpy() for k, v in outputs.items()}
+
+
 class TorchCudaRunner(TorchRunner):
     """PyTorch on CUDA, timed with CUDA events (not yet run on a GPU by this project's tests)."""
 
