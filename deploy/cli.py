@@ -450,10 +450,13 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the ONNX files and the report.")] = Path("results"),
     models: Annotated[str, typer.Option(help="Comma-separated zoo names.")] = "resnet18,mobilenet_v2",
     samples: Annotated[int, typer.Option("--inputs", help="Photo crops per check.")] = 16,
+    fuse_model: Annotated[str, typer.Option("--fuse-model", help="Train-form model to export, fuse and benchmark "
+                          "('' to skip).")] = "repvgg_a0",
 ) -> None:
-    """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report."""
+    """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report;
+    then a train-form model exported, fused by the ONNX stage alone, checked and benchmarked side by side."""
     from .models import UnknownModelError, get_model_entry
-    from .pipeline import run_demo, write_demo_report
+    from .pipeline import run_demo, run_fuse_demo, write_demo_report
     from .report import fmt_bytes
 
     names = tuple(n.strip() for n in models.split(",") if n.strip())
@@ -462,8 +465,15 @@ def demo(
             get_model_entry(name)
         except UnknownModelError as error:
             raise BadInputError(str(error)) from None
+    if fuse_model:
+        try:
+            get_model_entry(fuse_model)
+        except UnknownModelError as error:
+            raise BadInputError(str(error)) from None
     with err.status("demo", spinner="dots") as status:
         rows = run_demo(out_dir, names, samples, progress=lambda msg: status.update(msg))
+        fuse_row = run_fuse_demo(out_dir, fuse_model, samples, progress=lambda msg: status.update(msg)) \
+            if fuse_model else None
     table = Table(title="deploy demo — PyTorch (torch-cpu) vs ONNX Runtime (ort-cpu) on bundled photos")
     for col in ("model", "params (ONNX)", "nodes", "file", "export s", "max rel err", "cosine", "top-1", "verdict"):
         table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
@@ -474,9 +484,23 @@ def demo(
                       "-" if w.top1 is None else f"{w.top1:.3f}",
                       "[green]PASSED[/green]" if r.check.passed else "[red]FAILED[/red]")
     out.print(table)
-    md, js = write_demo_report(rows, out_dir)
+    if fuse_row is not None:
+        f = fuse_row
+        table = Table(title=f"structural reparameterization — {f.model}: train-form export vs fused by the ONNX "
+                            f"stage alone (ort-cpu, batch 1)")
+        for col in ("artifact", "Conv nodes", "params", "max rel err vs PyTorch", "median ms", "fused / train"):
+            table.add_column(col, justify="left" if col == "artifact" else "right")
+        table.add_row("train-form export", str(f.train_convs), f"{f.train_params:,}", "-", f"{f.train_ms:.2f}",
+                      "baseline")
+        table.add_row(f"fused ({f.fuse_seconds:.1f} s)", str(f.fused_convs), f"{f.fused_params:,}",
+                      f"{f.check.worst().max_rel:.2e}", f"{f.fused_ms:.2f}",
+                      f"{f.ratio:.3f} [{f.ratio_low:.3f}, {f.ratio_high:.3f}]")
+        out.print(table)
+    md, js = write_demo_report(rows, out_dir, fuse_row)
     out.print(f"report: {md} and {js}", markup=False)
     failed = [r.model for r in rows if not r.check.passed]
+    if fuse_row is not None and not fuse_row.check.passed:
+        failed.append(f"{fuse_row.model} (fused)")
     typer.echo(f"FAILED demo: {', '.join(failed)}" if failed else f"PASSED demo: {len(rows)} model(s)")
     if failed:
         raise typer.Exit(1)
