@@ -82,6 +82,17 @@ def _load(spec: str, weights: str | None = None, shape: str | None = None):
         return load_artifact(spec, weights=weights, shape=parse_shape(shape))
 
 
+def _show_failed_check(error: CheckFailedError, json_path: Path | None) -> None:
+    """Before a failed export/fuse exits 1: the comparison table, and the JSON report when asked."""
+    from .report import print_compare, write_json
+
+    failed = getattr(error, "report", None)
+    if failed is not None and failed.check is not None:
+        print_compare(failed.check, out)
+        if json_path:
+            write_json(json_path, failed.to_dict())
+
+
 def _data_arg(data: str, artifact) -> str | None:
     if data == "random":
         return None
@@ -179,7 +190,7 @@ def export(
     error 1e-5).
     """
     from .export import export_onnx
-    from .report import fmt_bytes, ops_table, print_compare, write_json
+    from .report import fmt_bytes, ops_table, write_json
 
     artifact = _load(model, weights, shape)
     with err.status("exporting", spinner="dots") as status:
@@ -189,11 +200,7 @@ def export(
                                  verify_data=_data_arg(data, artifact),
                                  progress=lambda msg: status.update(msg))
         except CheckFailedError as error:
-            failed = getattr(error, "report", None)
-            if failed is not None and failed.check is not None:
-                print_compare(failed.check, out)
-                if json_path:
-                    write_json(json_path, failed.to_dict())
+            _show_failed_check(error, json_path)
             raise
     out.print(ops_table(f"{output} — nodes by op type", {"nodes": report.nodes_by_op}))
     rows = [
@@ -251,11 +258,7 @@ def fuse(
             report = fuse_artifact(artifact, output, passes=names, verify=verify, samples=samples,
                                    data=_data_arg(data, artifact), progress=lambda msg: status.update(msg))
         except CheckFailedError as error:
-            failed = getattr(error, "report", None)
-            if failed is not None and failed.check is not None:
-                print_compare(failed.check, out)
-                if json_path:
-                    write_json(json_path, failed.to_dict())
+            _show_failed_check(error, json_path)
             raise
     ops = lambda counts: {k: v for k, v in counts.items() if k not in ("nodes", "params")}  # noqa: E731
     out.print(ops_table(f"{model} → {output}: nodes by op type", {"before": ops(report.before),

@@ -152,6 +152,18 @@ def save_onnx(model, path: Path) -> bool:
     return external
 
 
+def onnx_output_path(output: str | os.PathLike) -> Path:
+    """Validate where an .onnx file will be written, before any work is done."""
+    output = Path(output)
+    if output.suffix.lower() != ".onnx":
+        raise BadInputError(f"{output}: the output file must end in .onnx")
+    if not output.parent.exists():
+        raise BadInputError(f"{output}: folder {output.parent} does not exist")
+    if output.is_dir():
+        raise BadInputError(f"{output}: is a folder; give a file name")
+    return output
+
+
 def finalize(tmp_dir: Path, tmp_path: Path, output: Path) -> None:
     """Move a finished file (and its external data) into place atomically."""
     data = tmp_path.with_name(tmp_path.name + ".data")
@@ -186,13 +198,7 @@ def export_onnx(
         raise BadInputError(f"--exporter {exporter}: choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
         raise BadInputError(f"--opset {opset}: choose an opset between 7 and 23 (17 is a safe default)")
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise BadInputError(f"{output}: the output file must end in .onnx")
-    if not output.parent.exists():
-        raise BadInputError(f"{output}: folder {output.parent} does not exist")
-    if output.is_dir():
-        raise BadInputError(f"{output}: is a folder; give a file name")
+    output = onnx_output_path(output)
     say = progress or (lambda _msg: None)
     example = torch.zeros(artifact.example_shape)
     module = artifact.module.eval()

@@ -15,7 +15,7 @@ import onnx
 
 from .compare import CompareReport
 from .errors import BadInputError, CheckFailedError
-from .export import export_onnx, finalize, save_onnx
+from .export import export_onnx, finalize, onnx_output_path, save_onnx
 from .harness import check_artifacts
 from .passes import core as pass_core
 from .passes.onnx_graph import graph_counts
@@ -87,13 +87,7 @@ def fuse_artifact(
 ) -> FuseReport:
     """Run ``passes`` (torch stage first) and prove the result equal to ``artifact``."""
     say = progress or (lambda _msg: None)
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise BadInputError(f"{output}: the output file must end in .onnx")
-    if not output.parent.exists():
-        raise BadInputError(f"{output}: folder {output.parent} does not exist")
-    if output.is_dir():
-        raise BadInputError(f"{output}: is a folder; give a file name")
+    output = onnx_output_path(output)
     start = time.perf_counter()
     infos = [pass_core.get_pass(n) for n in passes]
     reports: list[dict] = []
