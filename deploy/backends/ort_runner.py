@@ -102,3 +102,52 @@ class OrtCudaRunner(OrtRunner):
             return time.perf_counter() - start
 
         return once
+
+
+def cpu_session(model, threads: int | None = None, optimized_path: str | None = None):
+    """An ONNX Runtime CPU session on a model given as a ModelProto, bytes or a path (calibration and
+    scoring runs inside ``deploy quantize``, where the models live in memory). With ``optimized_path`` ORT
+    writes the graph it will actually run (after its fusions) there."""
+    ok, why = OrtRunner.available()
+    if not ok:
+        raise MissingDependencyError(f"ort-cpu unavailable: {why}")
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if optimized_path:
+        options.optimized_model_filepath = str(optimized_path)
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model) \
+        if not isinstance(model, bytes) else model
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInputError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+def run_function(session, outputs: list[str] | None = None):
+    """``session`` as a ``run(feeds) -> {name: array}`` callable (what ``deploy.calib`` is handed)."""
+    names = outputs or [o.name for o in session.get_outputs()]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds)))
+
+    return run
+
+
+def optimized_op_counts(model, threads: int | None = 1) -> dict[str, int]:
+    """Op types of the graph ONNX Runtime CPU really runs, after its optimizations (e.g. QLinearConv)."""
+    import tempfile
+    from collections import Counter
+    from pathlib import Path
+
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        cpu_session(model, threads=threads, optimized_path=str(path))
+        optimized = onnx.load(str(path))
+    return dict(Counter(node.op_type for node in optimized.graph.node))
