@@ -161,11 +161,13 @@ def _crop(image: Image.Image, scale: float, x: float, y: float) -> Image.Image:
     return image.crop((left, top, left + side, top + side))
 
 
-def load_photos(n: int, preprocess: Preprocess | None = None, offset: int = 0) -> np.ndarray:
+def load_photos(
+    n: int, preprocess: Preprocess | None = None, offset: int = 0, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
     """``n`` preprocessed crops of the bundled photos, starting at sample ``offset``.
 
     Sample i is crop i // P of photo i % P (P photos), so any window of P samples spans every photo
-    and windows that do not overlap share no crop.
+    and windows that do not overlap share no crop. ``progress`` gets the number of samples made so far.
     """
     preprocess = preprocess or Preprocess()
     names = photo_names()
@@ -181,6 +183,8 @@ def load_photos(n: int, preprocess: Preprocess | None = None, offset: int = 0) -
     for i in range(offset, offset + n):
         image = _photo(names[i % len(names)])
         out.append(preprocess(_crop(image, *CROPS[i // len(names)])))
+        if progress is not None:
+            progress(len(out))
     return np.stack(out)
 
 
@@ -201,9 +205,16 @@ def list_image_files(folder: str | Path) -> list[Path]:
 
 
 def load_image_folder(
-    folder: str | Path, n: int | None = None, preprocess: Preprocess | None = None, offset: int = 0
+    folder: str | Path,
+    n: int | None = None,
+    preprocess: Preprocess | None = None,
+    offset: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> FolderImages:
-    """Preprocessed images from ``folder`` (recursive, sorted by path); unreadable files are skipped."""
+    """Preprocessed images from ``folder`` (recursive, sorted by path); unreadable files are skipped.
+
+    ``progress`` is called once per file tried, with the number of images read so far.
+    """
     preprocess = preprocess or Preprocess()
     files = list_image_files(folder)[offset:]
     if not files:
@@ -219,6 +230,151 @@ def load_image_folder(
             used.append(path)
         except (OSError, ValueError):
             skipped.append(path)
+        if progress is not None:
+            progress(len(arrays))
     if not arrays:
         raise DataSourceError(f"{folder}: none of the {len(files)} image files could be read")
     return FolderImages(np.stack(arrays), used, skipped)
+
+
+# ---- arrays saved by the user, and one entry point for every kind of source ----
+
+ARRAY_KEYS = ("x", "input", "images")
+LABEL_KEYS = ("y", "labels")
+
+
+@dataclass
+class ArraySamples:
+    """Samples from a .npy/.npz file: float32 (N, ...) data, labels if the file has them, and a description."""
+
+    array: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+
+def _pick_npz_key(path: Path, keys: list[str], input_name: str | None) -> str:
+    """The model input's own name, else the only non-label array, else x / input / images."""
+    if input_name is not None and input_name in keys:
+        return input_name
+    data = [k for k in keys if k not in LABEL_KEYS]
+    if len(data) == 1:
+        return data[0]
+    for key in ARRAY_KEYS:
+        if key in keys:
+            return key
+    wanted = ", ".join(([input_name] if input_name else []) + list(ARRAY_KEYS))
+    raise DataSourceError(f"{path}: holds arrays {keys}; store the samples under one of: {wanted}")
+
+
+def _fits(dim: int | str | None, size: int) -> bool:
+    """A model dim given as a string (or None/−1, as ONNX writes dynamic dims) matches any size."""
+    return isinstance(dim, str) or dim is None or int(dim) < 0 or int(dim) == size
+
+
+def load_arrays(
+    path: str | Path,
+    input_shape: Sequence[int | str],
+    input_name: str | None = None,
+    n: int | None = None,
+    offset: int = 0,
+) -> ArraySamples:
+    """Samples ``offset`` to ``offset + n`` (at most) from a .npy or .npz file, checked against the model input.
+
+    The array must be numeric with the model input's rank and non-batch dims. In a .npz, labels under
+    ``y`` or ``labels`` are kept and sliced alike. A .npy is memory-mapped, so only the slice is read.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz"):
+        raise DataSourceError(f"{path}: not a .npy or .npz file")
+    if not path.is_file():
+        raise DataSourceError(f"{path}: no such file")
+    labels, where = None, str(path)
+    try:
+        if suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.files)
+                key = _pick_npz_key(path, keys, input_name)
+                array, where = archive[key], f"{path}[{key}]"
+                label_key = next((k for k in LABEL_KEYS if k in keys and k != key), None)
+                labels = archive[label_key] if label_key else None
+    except DataSourceError:
+        raise
+    except (OSError, ValueError, EOFError) as e:  # not a numpy file, truncated, or pickled objects
+        raise DataSourceError(f"{path}: cannot read as {suffix} ({e.__class__.__name__}: {e})") from None
+    expected = tuple(input_shape)
+    if array.dtype.kind not in "biuf":
+        raise DataSourceError(f"{where}: holds {array.dtype} values; save numbers (e.g. float32)")
+    if array.ndim != len(expected) or not all(_fits(d, s) for d, s in zip(expected[1:], array.shape[1:])):
+        raise DataSourceError(
+            f"{where}: shape {array.shape} does not fit the model input {expected}; "
+            f"save the samples stacked as (N, {', '.join(str(d) for d in expected[1:])})"
+        )
+    total = array.shape[0]
+    if total == 0:
+        raise DataSourceError(f"{where}: holds no samples (shape {array.shape})")
+    if labels is not None and len(labels) != total:
+        raise DataSourceError(f"{path}: {len(labels)} labels for {total} samples; save one label per sample")
+    if offset >= total or (n is not None and n < 1):
+        raise DataSourceError(f"{where}: holds {total} samples; asked for {n} from offset {offset}")
+    stop = total if n is None else min(total, offset + n)
+    data = np.ascontiguousarray(array[offset:stop], dtype=np.float32)
+    if labels is not None:
+        labels = np.asarray(labels[offset:stop])
+    return ArraySamples(data, labels, f"{where} samples {offset}..{stop - 1} of {total}")
+
+
+@dataclass
+class Samples:
+    """Calibration or evaluation samples from any source, ready to feed: (N, ...) float32."""
+
+    array: np.ndarray
+    labels: np.ndarray | None
+    description: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def _image_preprocess(input_shape: Sequence[int | str]) -> Preprocess:
+    """``Preprocess.for_input_shape``, taking a shape whose last dim is 1–4 channels (and second is not) as NHWC."""
+    shape = tuple(input_shape)
+    if len(shape) != 4:
+        raise DataSourceError(f"image data needs a 4-D model input, got shape {shape}")
+    small = [isinstance(d, int) and 0 < d <= 4 for d in shape]
+    layout = "NHWC" if small[3] and not small[1] else "NCHW"
+    if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        raise DataSourceError(f"model input {shape} has symbolic image dims; images need a fixed C, H and W")
+    return Preprocess.for_input_shape(shape, layout=layout)
+
+
+def load_samples(
+    source: str,
+    input_shape: Sequence[int | str],
+    n: int | None,
+    offset: int = 0,
+    input_name: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Samples:
+    """Up to ``n`` samples (all if None) from ``source``: "photos", a folder of images, or a .npy/.npz file.
+
+    Images are preprocessed for ``input_shape`` (``Preprocess.for_input_shape``); ``progress`` gets the
+    number of samples done so far.
+    """
+    if source == "photos":
+        count = max_photo_samples() - offset if n is None else n
+        array = load_photos(count, _image_preprocess(input_shape), offset, progress)
+        return Samples(array, None, f"photos: {count} crops of {len(PHOTOS)} bundled photos from sample {offset}")
+    path = Path(source)
+    if path.is_dir():
+        folder = load_image_folder(path, n, _image_preprocess(input_shape), offset, progress)
+        text = f"{path}: {len(folder.files)} images from file {offset}"
+        return Samples(folder.array, None, text, [str(p) for p in folder.skipped])
+    if path.suffix.lower() in (".npy", ".npz"):
+        arrays = load_arrays(path, input_shape, input_name, n, offset)
+        if progress is not None:
+            progress(len(arrays.array))
+        return Samples(arrays.array, arrays.labels, arrays.source)
+    raise DataSourceError(
+        f"{source}: not a data source; give 'photos' (bundled sample photos), a folder of images, or a .npy/.npz file"
+    )

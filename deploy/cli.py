@@ -288,6 +288,68 @@ def fuse(
 
 @app.command()
 @handle_errors
+def quantize(
+    model: Annotated[str, typer.Argument(help="Model spec or .onnx file (fp32; BatchNormalization is folded "
+                     "first).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The quantized .onnx file to write; int8 also "
+                      "writes its ranges table beside it (OUT.ranges.json).")],
+    precision: Annotated[str, typer.Option(help="int8 (Q/DQ from calibration) or fp16 (float16 weights and "
+                         "compute, float32 inputs/outputs).")] = "int8",
+    calib: Annotated[str, typer.Option("--calib", help="Calibration data: 'photos' (bundled sample photos), a "
+                     "folder of images (recursive), or an .npy/.npz array file.")] = "photos",
+    samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
+    method: Annotated[str, typer.Option(help="Range method: minmax, percentile (99.99), percentile-99.9, "
+                      "percentile-99.999, entropy (TensorRT's KL), mse, or auto (all, from one histogram pass; "
+                      "the best on held-out data is written).")] = "auto",
+    target: Annotated[str, typer.Option(help="ort-cpu (uint8 activations: ONNX Runtime's fast x86 kernels), "
+                      "ort-cuda (int8 S8S8), trt (TensorRT explicit quantization: symmetric int8, zero point 0, "
+                      "float bias).")] = "ort-cpu",
+    keep_float: Annotated[str | None, typer.Option("--keep-float", help="Comma-separated nodes kept in float: "
+                          "node names, op types (Gemm), 'first', 'last'.")] = None,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Budget in top-1 points (accuracy drop when "
+                        "the data has labels, else disagreement with fp32). Missed: per-layer sensitivity, then "
+                        "the most sensitive layers stay float until it holds.")] = None,
+    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="Budget: mean-centred output SQNR in dB "
+                        "against fp32.")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval", help="Held-out data for scoring (default: the "
+                         "calibration source, after the calibration samples: disjoint).")] = None,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Held-out samples.")] = 64,
+    batch: Annotated[int, typer.Option(help="Samples per run while calibrating and scoring.")] = 8,
+    trt_cache: Annotated[Path | None, typer.Option("--trt-cache", help="Also write the ranges as a TensorRT "
+                         "(≤ 10) calibration cache.")] = None,
+    weights: WeightsOpt = None,
+    shape: ShapeOpt = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime (default: all).")] = None,
+    json_path: JsonOpt = None,
+) -> None:
+    """Int8 (Q/DQ) or fp16, written into the ONNX graph and scored against fp32 on held-out real data.
+
+    Int8: one pass over the calibration data collects histograms of every tensor the target quantizes;
+    each range method is derived from them and, with --method auto, scored on held-out data by top-1
+    agreement (accuracy with labelled .npz data) and mean-centred SQNR; the best is written. With a budget
+    (--max-drop/--min-sqnr) that is missed, layers are ranked by sensitivity and the most sensitive kept
+    in float until it holds; when nothing meets it, the best found is written and the exit code is 1.
+    """
+    from .quantize import QuantizeOptions, quantize_artifact
+    from .report import print_quantize, write_json
+
+    artifact = _load(model, weights, shape)
+    options = QuantizeOptions(
+        precision=precision, target=target, method=method, calib=calib, eval_data=eval_data, samples=samples,
+        eval_samples=eval_samples, batch=batch, max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
+        threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()))
+    with err.status("quantizing", spinner="dots") as status:
+        report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
+    print_quantize(report, out)
+    if json_path:
+        write_json(json_path, report.to_dict())
+    typer.echo(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
 def check(
     reference: Annotated[str, typer.Argument(help="Reference artifact: model spec or .onnx.")],
     candidate: Annotated[str, typer.Argument(help="Candidate artifact: model spec or .onnx.")],

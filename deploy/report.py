@@ -98,3 +98,46 @@ def ops_table(title: str, columns: dict[str, dict[str, int]]) -> Table:
         table.add_row(op, *(str(h.get(op, 0)) for h in columns.values()))
     table.add_row("[bold]total[/bold]", *(f"[bold]{sum(h.values())}[/bold]" for h in columns.values()))
     return table
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f} %"
+
+
+def print_quantize(report, console: Console) -> None:
+    """`deploy quantize`: the scored candidates, the sensitivity ranking, and what ONNX Runtime runs."""
+    if report.scores:
+        title = ("tournament: every method from one histogram pass, scored on held-out data"
+                 if len(report.scores) > 1 else "score on held-out data")
+        table = Table(title=f"{title} ({report.eval_samples} samples, {report.eval_data})")
+        for col in ("candidate", "top-1 agreement", "accuracy", "centred SQNR", "SQNR", "cosine", ""):
+            table.add_column(col, justify="left" if col in ("candidate", "") else "right")
+        for s in report.scores:
+            table.add_row(s.label, _pct(s.top1_agreement), _pct(s.accuracy), fmt_db(s.centred_sqnr_db),
+                          fmt_db(s.sqnr_db), f"{s.cosine:.5f}", "← written" if s.label == report.chosen else "")
+        console.print(table)
+    if report.fp32_accuracy is not None:
+        console.print(f"fp32 accuracy on the held-out data: {report.fp32_accuracy:.2f} %", markup=False)
+    if report.sensitivity:
+        table = Table(title="sensitivity: each layer kept in float alone (most sensitive first)")
+        for col in ("layer", "centred SQNR", "gain", "top-1 agreement", "accuracy"):
+            table.add_column(col, justify="left" if col == "layer" else "right")
+        for row in report.sensitivity[:15]:
+            table.add_row(row["layer"], fmt_db(row["centred_sqnr_db"]), f"{row['sqnr_gain_db']:+.2f} dB",
+                          _pct(row["top1_agreement"]), _pct(row["accuracy"]))
+        console.print(table)
+        if len(report.sensitivity) > 15:
+            console.print(f"… {len(report.sensitivity) - 15} more layers in the JSON report", markup=False)
+    if report.kept_float:
+        console.print(f"kept in float: {', '.join(report.kept_float)}", markup=False)
+    if report.integer_kernels:
+        k = report.integer_kernels
+        console.print(f"ONNX Runtime CPU runs: {k['QLinearConv']} QLinearConv, {k['Conv (float)']} float Conv, "
+                      f"{k['QGemm']} QGemm, {k['QLinearAdd']} QLinearAdd", markup=False)
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False)
+    sizes = f"{fmt_bytes(report.bytes_before)} → {fmt_bytes(report.bytes_after)}"
+    secs = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
+    table_note = f"; ranges table {report.table_path}" if report.table_path else ""
+    console.print(f"nodes {report.nodes_before} → {report.nodes_after}; weights {sizes}; {secs}{table_note}",
+                  markup=False)

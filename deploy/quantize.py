@@ -1,0 +1,454 @@
+"""`deploy quantize`: calibrate, then write Q/DQ (int8) or cast (fp16) into the ONNX graph, and prove it.
+
+Int8 flow (DESIGN.md §4): plan the Q/DQ placement for the target → run the fp32 model once over the
+calibration data with every planned tensor as an extra output, collecting histograms (one pass, bounded
+memory) → derive ranges per method → insert Q/DQ → score each candidate on held-out data against the
+fp32 model (SQNR, mean-centred SQNR, top-1 agreement, accuracy when the data has labels). ``auto`` scores
+every method from that one pass and keeps the best. A budget (``max_drop`` / ``min_sqnr``) that the
+result misses starts the sensitivity search: each quantized layer is kept in float alone, the layers are
+ranked by what that recovers, and the most sensitive are kept in float until the budget holds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .backends.ort_runner import cpu_session, optimized_op_counts, run_function
+from .calib.data import DataSourceError, load_samples
+from .calib.observers import METHODS, collect_histograms, compute_ranges
+from .calib.table import RangesTable, fingerprint_arrays, write_trt_cache
+from .compare import Tolerance, diff_output
+from .errors import BadInputError
+from .export import export_onnx, finalize, onnx_output_path, save_onnx
+from .passes.onnx_fuse import onnx_fuse_bn
+from .passes.qdq import (
+    TARGETS,
+    QdqPlan,
+    QuantizeError,
+    get_target,
+    insert_qdq,
+    plan_qdq,
+    resolve_keep_float,
+    with_outputs,
+)
+from .spec import Artifact
+
+PRECISIONS = ("int8", "fp16")
+METHOD_CHOICES = (*METHODS, "auto")
+TOURNAMENT = tuple(m for m in METHODS if m != "percentile")  # "percentile" is percentile-99.99 by another name
+
+
+@dataclass
+class QuantizeOptions:
+    precision: str = "int8"
+    target: str = "ort-cpu"
+    method: str = "auto"
+    calib: str = "photos"
+    eval_data: str | None = None  # held-out data; default: the calibration source, after the calibration samples
+    samples: int = 128
+    eval_samples: int = 64
+    batch: int = 8
+    keep_float: tuple[str, ...] = ()
+    max_drop: float | None = None  # top-1 points: accuracy drop with labels, else 100 − agreement with fp32
+    min_sqnr: float | None = None  # dB, mean-centred SQNR of the outputs against fp32
+    trt_cache: Path | None = None
+    threads: int | None = None
+
+
+@dataclass
+class Score:
+    """One candidate judged on the held-out data against the fp32 model (first output)."""
+
+    label: str
+    sqnr_db: float
+    centred_sqnr_db: float
+    cosine: float
+    top1_agreement: float | None  # % of samples whose argmax matches fp32
+    accuracy: float | None  # % against the labels, when the data has labels
+    seconds: float = 0.0
+
+    def key(self) -> tuple[float, float]:
+        """Higher is better. With labels: accuracy, then mean-centred SQNR. Without: mean-centred SQNR, then
+        top-1 agreement — on a few dozen held-out samples one flipped argmax moves agreement by points,
+        while SQNR over every logit is a steadier judge of the same closeness."""
+        if self.accuracy is not None:
+            return (self.accuracy, _finite(self.centred_sqnr_db))
+        return (_finite(self.centred_sqnr_db), self.top1_agreement or 0.0)
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else
+                    (None if isinstance(v, float) else v)) for k, v in asdict(self).items()}
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else (1e9 if x > 0 else -1e9)
+
+
+@dataclass
+class QuantizeReport:
+    model: str
+    output: str
+    precision: str
+    target: str
+    method: str  # as asked
+    chosen: str  # what was written
+    calib: str
+    eval_data: str
+    samples: int
+    eval_samples: int
+    fp32_accuracy: float | None = None
+    scores: list[Score] = field(default_factory=list)  # the tournament (or the one method)
+    final: Score | None = None
+    kept_float: list[str] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)  # per layer, kept in float alone
+    budget: str | None = None
+    budget_met: bool | None = None
+    integer_kernels: dict | None = None  # ONNX Runtime CPU's optimized graph: Conv vs QLinearConv
+    quantized_nodes: int = 0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    table_path: str | None = None
+    trt_cache: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    pass_report: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.budget_met is not False
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("scores", "final")}
+        out["scores"] = [s.to_dict() for s in self.scores]
+        out["final"] = self.final.to_dict() if self.final else None
+        out["passed"] = self.passed
+        out["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
+        return out
+
+    def summary(self) -> str:
+        f = self.final
+        if f is None:
+            return f"{self.output}: no result"
+        parts = [f"{self.precision} {self.target}" if self.precision == "int8" else "fp16",
+                 f"method {self.chosen}" if self.precision == "int8" else "",
+                 f"centred SQNR {f.centred_sqnr_db:.1f} dB"]
+        if f.top1_agreement is not None:
+            parts.append(f"top-1 agreement {f.top1_agreement:.1f} %")
+        if f.accuracy is not None:
+            parts.append(f"accuracy {f.accuracy:.2f} % (fp32 {self.fp32_accuracy:.2f} %)")
+        if self.kept_float:
+            parts.append(f"{len(self.kept_float)} layer(s) kept in float")
+        verdict = "QUANTIZED" if self.passed else f"BUDGET NOT MET ({self.budget}); best found written:"
+        return f"{verdict} {self.output}: " + ", ".join(p for p in parts if p)
+
+
+def table_path_for(output: Path) -> Path:
+    """``m.int8.onnx`` → ``m.int8.ranges.json`` (the ranges table lives beside the model)."""
+    return output.with_name(output.stem + ".ranges.json")
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _batches(array: np.ndarray, name: str, batch: int) -> list[dict[str, np.ndarray]]:
+    return [{name: array[i:i + batch]} for i in range(0, len(array), batch)]
+
+
+class _Judge:
+    """Scores candidate models on the held-out data against the fp32 reference outputs."""
+
+    def __init__(self, fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
+                 threads: int | None):
+        self.feeds, self.labels, self.threads = feeds, labels, threads
+        self.output = fp32.graph.output[0].name
+        self.reference = self._outputs(fp32)
+        self.fp32_accuracy = self._accuracy(self.reference)
+
+    def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
+        run = run_function(cpu_session(model, self.threads), [self.output])
+        return np.concatenate([run(f)[self.output] for f in self.feeds])
+
+    def _accuracy(self, logits: np.ndarray) -> float | None:
+        if self.labels is None or logits.ndim != 2:
+            return None
+        return float((logits.argmax(1) == self.labels[:len(logits)]).mean() * 100)
+
+    def score(self, model: onnx.ModelProto, label: str) -> Score:
+        start = time.perf_counter()
+        out = self._outputs(model)
+        d = diff_output(self.output, self.reference, out, Tolerance())
+        return Score(label, d.sqnr_db, d.centred_sqnr_db, d.cosine, None if d.top1 is None else d.top1 * 100,
+                     self._accuracy(out), time.perf_counter() - start)
+
+    def drop(self, score: Score) -> float | None:
+        """Top-1 points lost: accuracy drop with labels, else disagreement with fp32."""
+        if score.accuracy is not None and self.fp32_accuracy is not None:
+            return self.fp32_accuracy - score.accuracy
+        return None if score.top1_agreement is None else 100.0 - score.top1_agreement
+
+
+def _meets(judge: _Judge, score: Score, options: QuantizeOptions) -> bool:
+    if options.max_drop is not None:
+        drop = judge.drop(score)
+        if drop is None or drop > options.max_drop + 1e-9:
+            return False
+    return options.min_sqnr is None or score.centred_sqnr_db >= options.min_sqnr
+
+
+def _budget_text(options: QuantizeOptions, labels: bool) -> str | None:
+    parts = []
+    if options.max_drop is not None:
+        parts.append(f"{'accuracy drop' if labels else 'top-1 disagreement'} ≤ {options.max_drop:g} points")
+    if options.min_sqnr is not None:
+        parts.append(f"centred SQNR ≥ {options.min_sqnr:g} dB")
+    return " and ".join(parts) or None
+
+
+def _validate(options: QuantizeOptions) -> None:
+    if options.precision not in PRECISIONS:
+        raise BadInputError(f"--precision {options.precision}: choose from {', '.join(PRECISIONS)}")
+    if options.method not in METHOD_CHOICES:
+        raise BadInputError(f"--method {options.method}: choose from {', '.join(METHOD_CHOICES)}")
+    if options.target not in TARGETS:
+        raise BadInputError(f"--target {options.target}: choose from {', '.join(TARGETS)}")
+    for flag, value in (("--samples", options.samples), ("--eval-samples", options.eval_samples),
+                        ("--batch", options.batch)):
+        if value < 1:
+            raise BadInputError(f"{flag} {value}: must be at least 1")
+    if options.max_drop is not None and options.max_drop < 0:
+        raise BadInputError(f"--max-drop {options.max_drop}: must be ≥ 0 (top-1 points)")
+
+
+def _load_fp32(artifact: Artifact, tmp_dir: Path, say: Callable[[str], None]) -> onnx.ModelProto:
+    if artifact.kind == "torch":
+        say("exporting to ONNX")
+        path = tmp_dir / "fp32.onnx"
+        export_onnx(artifact, path, verify=False)
+        return onnx.load(str(path))
+    return onnx.load(str(artifact.onnx_path))
+
+
+def _data(options: QuantizeOptions, input_name: str, shape, say) -> tuple:
+    """(calibration samples, held-out samples); disjoint when they come from one source."""
+    try:
+        calib = load_samples(options.calib, shape, n=options.samples, input_name=input_name)
+        if options.eval_data is None:
+            held = load_samples(options.calib, shape, n=options.eval_samples, offset=options.samples,
+                                input_name=input_name)
+        else:
+            held = load_samples(options.eval_data, shape, n=options.eval_samples, input_name=input_name)
+    except DataSourceError as err:
+        raise BadInputError(f"{err} (held-out data comes after the {options.samples} calibration samples; "
+                            f"lower --samples/--eval-samples or give --eval)"
+                            if "asked for" in str(err) or "offset" in str(err) else str(err)) from None
+    return calib, held
+
+
+def quantize_artifact(
+    artifact: Artifact,
+    output: str | os.PathLike,
+    options: QuantizeOptions,
+    progress: Callable[[str], None] | None = None,
+) -> QuantizeReport:
+    """Quantize ``artifact`` to ``output`` (and its ranges table beside it). Files are written atomically;
+    with a budget that no fallback meets, the best model found is still written and the report says so."""
+    _validate(options)
+    say = progress or (lambda _msg: None)
+    output = onnx_output_path(output)
+    start = time.perf_counter()
+    if len(artifact.inputs) != 1:
+        raise BadInputError(f"{artifact.label}: calibration feeds one image/array input; the model has "
+                            f"{len(artifact.inputs)}")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        fp32 = _load_fp32(artifact, tmp_dir, say)
+        if any(n.op_type == "BatchNormalization" for n in fp32.graph.node):
+            fp32 = onnx_fuse_bn(fp32).model
+        input_name = fp32.graph.input[0].name
+        shape = artifact.input_shape
+        report = QuantizeReport(artifact.label, str(output), options.precision, options.target, options.method,
+                                options.method, options.calib, options.eval_data or options.calib,
+                                options.samples, options.eval_samples)
+        report.nodes_before = len(fp32.graph.node)
+        report.bytes_before = fp32.ByteSize()
+        if options.precision == "fp16":
+            model, table = _fp16(fp32, options, report, input_name, shape, say), None
+        else:
+            model, table = _int8(fp32, options, report, input_name, shape, say)
+        report.nodes_after = len(model.graph.node)
+        tmp_path = tmp_dir / output.name
+        save_onnx(model, tmp_path)
+        report.bytes_after = tmp_path.stat().st_size
+        finalize(tmp_dir, tmp_path, output)
+        if table is not None:
+            report.table_path = str(table_path_for(output))
+            table.save(report.table_path)
+            if options.trt_cache is not None:
+                write_trt_cache(table, options.trt_cache)
+                report.trt_cache = str(options.trt_cache)
+        report.seconds["total"] = time.perf_counter() - start
+        return report
+    except QuantizeError as err:
+        raise BadInputError(f"{artifact.label}: {err}") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeReport, input_name: str, shape,
+          say: Callable[[str], None]) -> tuple[onnx.ModelProto, RangesTable]:
+    target = get_target(options.target)
+    keep = resolve_keep_float(fp32, options.keep_float)
+    plan = plan_qdq(fp32, target, keep)
+    calib, held = _data(options, input_name, shape, say)
+    report.calib, report.eval_data = calib.description, held.description
+    report.samples, report.eval_samples = len(calib.array), len(held.array)
+    if calib.skipped:
+        report.notes.append(f"{len(calib.skipped)} unreadable calibration file(s) skipped")
+
+    say("running the fp32 model on the held-out data")
+    t0 = time.perf_counter()
+    judge = _Judge(fp32, _batches(held.array, input_name, options.batch), held.labels, options.threads)
+    report.fp32_accuracy = judge.fp32_accuracy
+
+    say(f"calibrating: {len(plan.calibrated)} tensors over {len(calib.array)} samples")
+    graph_inputs = {i.name for i in fp32.graph.input}
+    # every planned tensor, the inherited ones too: keeping a layer in float during the fallback can turn
+    # a tensor that inherits its parameters (a Flatten output) into one that needs its own range
+    wanted = list(plan.activations)
+    measured = [t for t in wanted if t not in graph_inputs]
+    run_model = run_function(cpu_session(with_outputs(fp32, measured), options.threads), measured)
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the inputs are calibrated too
+        return {**run_model(feeds), **{k: v for k, v in feeds.items() if k in plan.activations}}
+
+    batches = _batches(calib.array, input_name, options.batch)
+    done = [0]
+
+    def tick(_n: int = 1) -> None:
+        done[0] += 1
+        say(f"calibrating: batch {done[0]}/{len(batches)}")
+
+    collector = collect_histograms(run, batches, progress=tick)
+    report.seconds["calibrate"] = time.perf_counter() - t0
+
+    def build(ranges: dict, kept: set[str]) -> tuple[onnx.ModelProto, dict, QdqPlan]:
+        candidate = _copy(fp32)
+        used = plan if kept == keep else plan_qdq(candidate, target, kept)
+        result = insert_qdq(candidate, used, ranges)
+        return result.model, result.report.to_dict(), used
+
+    t0 = time.perf_counter()
+    methods = list(TOURNAMENT) if options.method == "auto" else [options.method]
+    candidates: dict[str, dict] = {}
+    for i, method in enumerate(methods, 1):
+        say(f"scoring {method} ({i}/{len(methods)}) on {len(held.array)} held-out samples")
+        ranges = compute_ranges(collector, method, unsigned=target.unsigned)
+        model, _, _ = build(ranges, keep)
+        report.scores.append(judge.score(model, method))
+        candidates[method] = ranges
+    best = max(report.scores, key=Score.key)
+    report.chosen, ranges = best.label, candidates[best.label]
+    report.seconds["tournament" if options.method == "auto" else "score"] = time.perf_counter() - t0
+
+    kept = set(keep)
+    final_score = best
+    report.budget = _budget_text(options, held.labels is not None)
+    if report.budget is not None:
+        report.budget_met = _meets(judge, best, options)
+        if not report.budget_met:
+            t0 = time.perf_counter()
+            kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say)
+            report.seconds["sensitivity"] = time.perf_counter() - t0
+    model, pass_report, final_plan = build(ranges, kept)
+    report.final = final_score
+    report.kept_float = sorted(kept)
+    report.pass_report = pass_report
+    report.quantized_nodes = len([s for s in pass_report["sites"] if "int8 weights" in s["what"]])
+    if options.target == "ort-cpu":
+        say("reading ONNX Runtime's optimized graph")
+        ops = optimized_op_counts(model, options.threads)
+        report.integer_kernels = {"QLinearConv": ops.get("QLinearConv", 0), "Conv (float)": ops.get("Conv", 0),
+                                  "QGemm": ops.get("QGemm", 0), "QLinearMatMul": ops.get("QLinearMatMul", 0),
+                                  "QLinearAdd": ops.get("QLinearAdd", 0), "ops": ops}
+    table = RangesTable(
+        ranges={t: (float(lo), float(hi)) for t, (lo, hi) in ranges.items() if t in set(final_plan.calibrated)},
+        method=report.chosen, target=options.target, fingerprint=fingerprint_arrays(calib.array),
+        samples=len(calib.array),
+        source=calib.description, scores={s.label: s.to_dict() for s in report.scores})
+    return model, table
+
+
+def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, options: QuantizeOptions,
+              report: QuantizeReport, build, say) -> tuple[set[str], Score]:
+    """Rank layers by what keeping each alone in float recovers; keep the most sensitive until the budget
+    holds. Returns the kept set and its score (the best found when nothing meets the budget)."""
+    base = report.scores[[s.label for s in report.scores].index(report.chosen)]
+    ranking = []
+    for i, layer in enumerate(plan.weighted, 1):
+        say(f"sensitivity: {layer} ({i}/{len(plan.weighted)})")
+        model, _, _ = build(ranges, keep | {layer})
+        score = judge.score(model, f"float {layer}")
+        ranking.append((layer, score))
+    ranking.sort(key=lambda item: item[1].key(), reverse=True)
+    report.sensitivity = [{"layer": layer, "centred_sqnr_db": round(s.centred_sqnr_db, 3),
+                           "sqnr_gain_db": round(s.centred_sqnr_db - base.centred_sqnr_db, 3),
+                           "top1_agreement": s.top1_agreement, "accuracy": s.accuracy} for layer, s in ranking]
+    kept, best_kept, best = set(keep), set(keep), base
+    for n, (layer, score) in enumerate(ranking[:-1], 1):  # at least one layer stays int8
+        kept = kept | {layer}
+        if n == 1:
+            current = score
+        else:
+            say(f"fallback: {n} layer(s) in float")
+            model, _, _ = build(ranges, kept)
+            current = judge.score(model, f"{n} in float")
+        if current.key() > best.key():
+            best, best_kept = current, set(kept)
+        if _meets(judge, current, options):
+            report.budget_met = True
+            return kept, current
+    report.budget_met = False
+    report.notes.append(f"no fallback meets the budget ({report.budget}): with all but one quantized layer "
+                        f"in float the result still falls short; the best found is written")
+    return best_kept, best
+
+
+def _fp16(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeReport,
+          input_name: str, shape, say: Callable[[str], None]) -> onnx.ModelProto:
+    from .passes.fp16 import convert_fp16
+
+    say("converting to fp16")
+    result = convert_fp16(_copy(fp32))
+    report.pass_report = result.report.to_dict()
+    report.notes.extend(result.report.warnings)
+    report.chosen = "fp16"
+    try:
+        held = load_samples(options.eval_data or options.calib, shape, n=options.eval_samples,
+                            input_name=input_name)
+    except DataSourceError as err:
+        raise BadInputError(str(err)) from None
+    report.eval_data, report.eval_samples = held.description, len(held.array)
+    say("scoring fp16 against fp32 on ONNX Runtime CPU")
+    try:
+        judge = _Judge(fp32, _batches(held.array, input_name, options.batch), held.labels, options.threads)
+        report.fp32_accuracy = judge.fp32_accuracy
+        report.final = judge.score(result.model, "fp16")
+        report.scores = [report.final]
+    except BadInputError as err:
+        report.notes.append(f"not scored: ONNX Runtime CPU cannot run this fp16 graph ({err})")
+    return result.model

@@ -1,0 +1,139 @@
+"""`deploy quantize` end to end on the tiny zoo net: real export, real ONNX Runtime calibration and scoring,
+the tournament, the ranges table, the TensorRT cache, the budget fallback and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from deploy.calib.table import RangesTable, read_trt_cache
+from deploy.passes.qdq import plan_qdq
+
+FAST = ("--samples", "24", "--eval-samples", "16")
+
+
+@pytest.fixture(scope="module")
+def auto_run(cli, tiny_onnx, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "tiny.int8.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, *FAST, "--json", out.with_suffix(".json"))
+    return result, out, json.loads(out.with_suffix(".json").read_text())
+
+
+def test_auto_tournament_writes_the_best_and_every_score(auto_run, tiny_onnx):
+    result, out, report = auto_run
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1].startswith("QUANTIZED")
+    labels = [s["label"] for s in report["scores"]]
+    assert labels == ["minmax", "percentile-99.9", "percentile-99.99", "percentile-99.999", "entropy", "mse"]
+    best = max(report["scores"], key=lambda s: s["centred_sqnr_db"])
+    assert report["chosen"] == best["label"]
+    assert report["final"]["centred_sqnr_db"] > 15  # uint8/int8 on a 6-conv net: ~25-30 dB here
+    assert report["integer_kernels"]["QLinearConv"] == 6 and report["integer_kernels"]["Conv (float)"] == 0
+    assert report["samples"] == 24 and report["eval_samples"] == 16
+    assert "from sample 24" in report["eval_data"]  # held-out data is disjoint from calibration data
+
+
+def test_ranges_table_sits_beside_the_model_and_matches_the_plan(auto_run, tiny_onnx):
+    _, out, report = auto_run
+    table = RangesTable.load(out.with_name("tiny.int8.ranges.json"))
+    plan = plan_qdq(onnx.load(str(tiny_onnx)), "ort-cpu")
+    assert set(table.ranges) == set(plan.calibrated)
+    assert table.method == report["chosen"] and table.samples == 24 and len(table.fingerprint) == 16
+    assert all(lo <= 0 <= hi for lo, hi in table.ranges.values())
+    assert set(table.scores) == {s["label"] for s in report["scores"]}
+
+
+def test_quantized_model_passes_an_int8_check(cli, auto_run, tiny_onnx):
+    _, out, _ = auto_run
+    result = cli("check", tiny_onnx, out, "--precision", "int8", "--inputs", "16")
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.output
+
+
+def test_trt_target_and_calibration_cache(cli, tiny_onnx, tmp_path):
+    out, cache = tmp_path / "t.onnx", tmp_path / "calib.cache"
+    result = cli("quantize", tiny_onnx, "-o", out, "--target", "trt", "--method", "entropy", *FAST,
+                 "--trt-cache", cache)
+    assert result.exit_code == 0, result.output
+    scales = read_trt_cache(cache)
+    table = RangesTable.load(tmp_path / "t.ranges.json")
+    assert set(scales) == set(table.ranges)
+    lo, hi = table.ranges["input"]
+    assert scales["input"] == pytest.approx(max(-lo, hi) / 127, rel=1e-6)
+    zero_points = [i for n in onnx.load(str(out)).graph.node if n.op_type == "QuantizeLinear" for i in n.input[2:]]
+    assert zero_points  # every activation Q carries an explicit int8 zero point (checked in test_qdq)
+
+
+def test_unmeetable_budget_writes_best_found_and_exits_1(cli, tiny_onnx, tmp_path):
+    out = tmp_path / "b.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, "--method", "minmax", *FAST, "--min-sqnr", "200",
+                 "--json", tmp_path / "b.json")
+    assert result.exit_code == 1, result.output
+    assert out.exists() and "BUDGET NOT MET" in result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["budget_met"] is False
+    assert len(report["sensitivity"]) == 7  # 6 convs + the Gemm, each kept in float alone
+    assert report["final"]["centred_sqnr_db"] >= report["scores"][0]["centred_sqnr_db"]  # the best found
+
+
+def test_budget_met_by_keeping_the_most_sensitive_layers(cli, tiny_onnx, tmp_path):
+    first = tmp_path / "m.json"
+    assert cli("quantize", tiny_onnx, "-o", tmp_path / "m.onnx", "--method", "minmax", *FAST,
+               "--json", first).exit_code == 0
+    base = json.loads(first.read_text())["final"]["centred_sqnr_db"]
+    out = tmp_path / "f.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, "--method", "minmax", *FAST, "--min-sqnr", f"{base + 1:.2f}",
+                 "--json", tmp_path / "f.json")
+    report = json.loads((tmp_path / "f.json").read_text())
+    ranked = [row["layer"] for row in report["sensitivity"]]
+    if result.exit_code == 0:
+        assert report["budget_met"] is True and report["kept_float"]
+        assert report["kept_float"] == sorted(ranked[:len(report["kept_float"])])  # most sensitive first
+        assert report["final"]["centred_sqnr_db"] >= base + 1 - 0.01
+    else:  # even all-but-one in float cannot gain 1 dB: then the report must say so
+        assert report["budget_met"] is False
+
+
+def test_empty_and_non_image_calibration_folders(cli, tiny_onnx, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "x.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, "--calib", empty)
+    assert result.exit_code == 2 and "no images" in result.output
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("not an image")
+    (texts / "b.jpg").write_text("not a jpeg either")
+    result = cli("quantize", tiny_onnx, "-o", out, "--calib", texts)
+    assert result.exit_code == 2 and "could be read" in result.output
+    assert not out.exists() and not list(tmp_path.glob(".x.onnx*"))
+
+
+def test_model_without_quantizable_op(cli, tmp_path):
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["output"])], "g", [x], [y])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    result = cli("quantize", path, "-o", tmp_path / "r.int8.onnx")
+    assert result.exit_code == 2 and "no quantizable op" in result.output
+
+
+def test_npz_calibration_and_bad_choices(cli, tiny_onnx, tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "calib.npz"
+    np.savez(data, input=rng.normal(size=(40, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "n.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, "--calib", data, "--method", "mse", *FAST)
+    assert result.exit_code == 0, result.output
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, input=np.zeros((4, 1, 32, 32), np.float32))
+    result = cli("quantize", tiny_onnx, "-o", out, "--calib", wrong)
+    assert result.exit_code == 2 and "wrong.npz" in result.output
+    for flag, value in (("--method", "kl"), ("--target", "tpu"), ("--precision", "int4")):
+        result = cli("quantize", tiny_onnx, "-o", out, flag, value)
+        assert result.exit_code == 2 and value in result.output
