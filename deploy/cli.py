@@ -517,14 +517,18 @@ def demo(
     samples: Annotated[int, typer.Option("--inputs", help="Photo crops per check.")] = 16,
     fuse_model: Annotated[str, typer.Option("--fuse-model", help="Train-form model to export, fuse and benchmark "
                           "('' to skip).")] = "repvgg_a0",
+    int8: Annotated[str, typer.Option("--int8", help="Comma-separated models (of --models and --fuse-model) to "
+                    "quantize to int8 and time against fp32 ('' to skip).")] = "resnet18,repvgg_a0",
 ) -> None:
     """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report;
-    then a train-form model exported, fused by the ONNX stage alone, checked and benchmarked side by side."""
+    then a train-form model exported, fused by the ONNX stage alone, checked and benchmarked side by side;
+    then int8 (deploy quantize, auto, ort-cpu) of resnet18 and of the fused model, scored and timed against fp32."""
     from .models import UnknownModelError, get_model_entry
-    from .pipeline import run_demo, run_fuse_demo, write_demo_report
+    from .pipeline import run_demo, run_fuse_demo, run_int8_demo, write_demo_report
     from .report import fmt_bytes
 
     names = tuple(n.strip() for n in models.split(",") if n.strip())
+    int8_models = {n.strip() for n in int8.split(",") if n.strip()}
     for name in names:
         try:
             get_model_entry(name)
@@ -539,6 +543,10 @@ def demo(
         rows = run_demo(out_dir, names, samples, progress=lambda msg: status.update(msg))
         fuse_row = run_fuse_demo(out_dir, fuse_model, samples, progress=lambda msg: status.update(msg)) \
             if fuse_model else None
+        int8_items = [(n, out_dir / f"{n}.onnx") for n in names if n in int8_models]
+        if fuse_row is not None and fuse_model in int8_models:
+            int8_items.append((f"{fuse_model} (fused)", out_dir / f"{fuse_model}.fused.onnx"))
+        int8_rows = run_int8_demo(out_dir, int8_items, progress=lambda msg: status.update(msg))
     table = Table(title="deploy demo — PyTorch (torch-cpu) vs ONNX Runtime (ort-cpu) on bundled photos")
     for col in ("model", "params (ONNX)", "nodes", "file", "export s", "max rel err", "cosine", "top-1", "verdict"):
         table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
@@ -561,7 +569,19 @@ def demo(
                       f"{f.check.worst().max_rel:.2e}", f"{f.fused_ms:.2f}",
                       f"{f.ratio:.3f} [{f.ratio_low:.3f}, {f.ratio_high:.3f}]")
         out.print(table)
-    md, js = write_demo_report(rows, out_dir, fuse_row)
+    if int8_rows:
+        table = Table(title="int8 — deploy quantize (auto, ort-cpu) vs the fp32 export, held-out photos; ort-cpu "
+                            "batch 1")
+        for col in ("model", "method", "centred SQNR dB", "top-1 agree", "int convs", "fp32 ms", "int8 ms",
+                    "int8 / fp32", "speed-up"):
+            table.add_column(col, justify="left" if col in ("model", "method") else "right")
+        for r in int8_rows:
+            table.add_row(r.model, r.method, f"{r.centred_sqnr_db:.1f}",
+                          "-" if r.top1_agreement is None else f"{r.top1_agreement:.1f} %",
+                          f"{r.integer_convs}/{r.convs}", f"{r.fp32_ms:.2f}", f"{r.int8_ms:.2f}",
+                          f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}]", f"{1 / r.ratio:.2f}×")
+        out.print(table)
+    md, js = write_demo_report(rows, out_dir, fuse_row, int8_rows)
     out.print(f"report: {md} and {js}", markup=False)
     failed = [r.model for r in rows if not r.check.passed]
     if fuse_row is not None and not fuse_row.check.passed:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-VERBS = ["zoo", "inspect", "export", "check", "backends", "demo"]
+VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

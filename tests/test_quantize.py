@@ -137,3 +137,18 @@ def test_npz_calibration_and_bad_choices(cli, tiny_onnx, tmp_path):
     for flag, value in (("--method", "kl"), ("--target", "tpu"), ("--precision", "int4")):
         result = cli("quantize", tiny_onnx, "-o", out, flag, value)
         assert result.exit_code == 2 and value in result.output
+
+
+def test_demo_int8_rows_and_markdown_report(cli, tmp_path):
+    result = cli("demo", "--models", "tiny-resnet", "--fuse-model", "", "--int8", "tiny-resnet", "--inputs", "4",
+                 "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "demo.json").read_text())
+    (row,) = report["int8"]
+    assert row["model"] == "tiny-resnet" and row["integer_convs"] == row["convs"] == 6
+    assert row["centred_sqnr_db"] > 15 and 0 < row["ratio_low"] <= row["ratio"] <= row["ratio_high"]
+    markdown = (tmp_path / "demo.md").read_text()
+    assert "## Int8" in markdown and "| tiny-resnet |" in markdown
+    if row["chart"]:  # matplotlib present: the chart is linked from the report
+        assert (tmp_path / "tiny-resnet.int8-latency.png").exists()
+        assert "tiny-resnet.int8-latency.png" in markdown
