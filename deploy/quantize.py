@@ -45,6 +45,7 @@ from .spec import Artifact
 
 PRECISIONS = ("int8", "fp16")
 METHOD_CHOICES = (*METHODS, "auto")
+HISTOGRAM_SAMPLES = 1 << 20  # per tensor and batch: min/max stay exact, the histogram takes a subsample
 TOURNAMENT = tuple(m for m in METHODS if m != "percentile")  # "percentile" is percentile-99.99 by another name
 
 
@@ -343,13 +344,15 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         done[0] += 1
         say(f"calibrating: batch {done[0]}/{len(batches)}")
 
-    collector = collect_histograms(run, batches, progress=tick)
+    collector = collect_histograms(run, batches, progress=tick, max_samples=HISTOGRAM_SAMPLES)
     report.seconds["calibrate"] = time.perf_counter() - t0
+
+    quantized_weights: dict = {}
 
     def build(ranges: dict, kept: set[str]) -> tuple[onnx.ModelProto, dict, QdqPlan]:
         candidate = _copy(fp32)
         used = plan if kept == keep else plan_qdq(candidate, target, kept)
-        result = insert_qdq(candidate, used, ranges)
+        result = insert_qdq(candidate, used, ranges, quantized_weights)
         return result.model, result.report.to_dict(), used
 
     t0 = time.perf_counter()

@@ -266,8 +266,12 @@ def _zero_point_array(target: QuantTarget, value: int) -> np.ndarray:
     return np.array(value, dtype=np.uint8 if target.unsigned else np.int8)
 
 
-def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple[float, float]]) -> PassResult:
-    """Rewrite ``model`` in place with Q/DQ pairs per ``plan``; ``ranges`` holds every ``plan.calibrated`` tensor."""
+def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple[float, float]],
+               weights: dict | None = None) -> PassResult:
+    """Rewrite ``model`` in place with Q/DQ pairs per ``plan``; ``ranges`` holds every ``plan.calibrated`` tensor.
+
+    ``weights``: a dict shared between calls on copies of one model, so that candidates scored one after
+    another (a tournament, a sensitivity search) quantize each weight once."""
     start = time.perf_counter()
     _require_opset(model, 13)  # per-axis QuantizeLinear/DequantizeLinear
     qt = plan.target
@@ -315,7 +319,9 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
         weight, axis = _weight_input(index, node)
         key = (node.input[1], axis)
         if key not in weight_cache:
-            q, scales = quantize_weight(weight, axis)
+            if weights is not None and key not in weights:
+                weights[key] = quantize_weight(weight, axis)
+            q, scales = weights[key] if weights is not None else quantize_weight(weight, axis)
             q_name = build.constant(f"{node.input[1]}_quantized", q)
             s_name = build.constant(f"{node.input[1]}_scale", scales)
             z_name = build.constant(f"{node.input[1]}_zero_point", np.zeros(scales.shape, np.int8))

@@ -261,3 +261,21 @@ def test_collect_histograms_runs_once_per_batch():
     assert collector.histogram("relu").count == 18
     ranges = compute_ranges(collector, "minmax", unsigned=True)
     assert ranges["relu"] == (0.0, 3.0) and ranges["neg"] == (-3.0, 2.0) and ranges["shape"] == (0.0, 3.0)
+
+
+def test_subsampled_histogram_keeps_exact_extremes_and_close_percentiles():
+    from deploy.calib.observers import HistogramCollector, compute_range
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 16, 64, 64)).astype(np.float32)
+    x[1, 3, 5, 7] = 40.0  # a lone outlier the subsample will almost surely miss
+    full, sampled = HistogramCollector(), HistogramCollector(max_samples=20_000)
+    full.update("t", x)
+    sampled.update("t", x)
+    h_full, h_sampled = full.histogram("t"), sampled.histogram("t")
+    assert h_sampled.max == h_full.max == 40.0 and h_sampled.min == h_full.min
+    assert h_sampled.count < 25_000 < h_full.count == x.size
+    assert compute_range(h_sampled, "minmax") == compute_range(h_full, "minmax")
+    _, hi_full = compute_range(h_full, "percentile-99.9")
+    _, hi_sampled = compute_range(h_sampled, "percentile-99.9")
+    assert hi_sampled == pytest.approx(hi_full, rel=0.05)
