@@ -350,6 +350,41 @@ def quantize(
 
 @app.command()
 @handle_errors
+def digits(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the ONNX files, the npz splits and the "
+                       "report.")] = Path("results/digits"),
+    target: Annotated[str, typer.Option(help="Quantization target (see `deploy quantize --help`).")] = "ort-cpu",
+    seed: Annotated[int, typer.Option(help="Training seed (each seed trains and caches its own checkpoints).")] = 0,
+    json_path: JsonOpt = None,
+) -> None:
+    """Int8 accuracy on real labelled data: small nets trained here on scikit-learn's digits.
+
+    Trains digits-resnet and digits-repvgg (deterministic, under a minute on a laptop CPU, cached in
+    $DEPLOY_CACHE or ~/.cache/deploy), exports them, quantizes them with `deploy quantize` (calibration split;
+    method chosen on a slice of the training split) and reports fp32 vs int8 accuracy on the disjoint test
+    split; RepVGG also after reparameterization, and with the sensitivity fallback.
+    """
+    from .accuracy import run_digits_accuracy
+    from .report import write_json
+
+    with err.status("digits", spinner="dots") as status:
+        rows = run_digits_accuracy(out_dir, seed=seed, target=target, progress=lambda msg: status.update(msg))
+    table = Table(title="int8 accuracy on scikit-learn's digits (400 test images, disjoint from calibration)")
+    for col in ("model", "form", "fp32 acc", "int8 acc", "drop", "method", "kept in float", "centred SQNR dB"):
+        table.add_column(col, justify="left" if col in ("model", "form", "method", "kept in float") else "right")
+    for r in rows:
+        table.add_row(r.model, r.form, f"{r.fp32_accuracy:.2f} %", f"{r.int8_accuracy:.2f} %", f"{r.drop:+.2f}",
+                      r.method, str(len(r.kept_float)) if r.kept_float else "-", f"{r.centred_sqnr_db:.1f}")
+    out.print(table)
+    if json_path:
+        write_json(json_path, [r.to_dict() for r in rows])
+    worst = max(rows, key=lambda r: r.drop)
+    typer.echo(f"DONE digits: {len(rows)} int8 models; largest drop {worst.drop:+.2f} points ({worst.model}, "
+               f"{worst.form})")
+
+
+@app.command()
+@handle_errors
 def check(
     reference: Annotated[str, typer.Argument(help="Reference artifact: model spec or .onnx.")],
     candidate: Annotated[str, typer.Argument(help="Candidate artifact: model spec or .onnx.")],
@@ -519,10 +554,14 @@ def demo(
                           "('' to skip).")] = "repvgg_a0",
     int8: Annotated[str, typer.Option("--int8", help="Comma-separated models (of --models and --fuse-model) to "
                     "quantize to int8 and time against fp32 ('' to skip).")] = "resnet18,repvgg_a0",
+    with_digits: Annotated[bool, typer.Option("--digits/--no-digits", help="Also train (or load) the digits nets "
+                           "and report int8 accuracy on real labelled data (`deploy digits`).")] = True,
 ) -> None:
     """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report;
     then a train-form model exported, fused by the ONNX stage alone, checked and benchmarked side by side;
-    then int8 (deploy quantize, auto, ort-cpu) of resnet18 and of the fused model, scored and timed against fp32."""
+    then int8 (deploy quantize, auto, ort-cpu) of resnet18 and of the fused model, scored and timed against fp32;
+    then the digits nets: int8 accuracy on real labelled data (`deploy digits`)."""
+    from .accuracy import run_digits_accuracy
     from .models import UnknownModelError, get_model_entry
     from .pipeline import run_demo, run_fuse_demo, run_int8_demo, write_demo_report
     from .report import fmt_bytes
@@ -547,6 +586,8 @@ def demo(
         if fuse_row is not None and fuse_model in int8_models:
             int8_items.append((f"{fuse_model} (fused)", out_dir / f"{fuse_model}.fused.onnx"))
         int8_rows = run_int8_demo(out_dir, int8_items, progress=lambda msg: status.update(msg))
+        accuracy_rows = run_digits_accuracy(out_dir / "digits", progress=lambda msg: status.update(msg)) \
+            if with_digits else []
     table = Table(title="deploy demo — PyTorch (torch-cpu) vs ONNX Runtime (ort-cpu) on bundled photos")
     for col in ("model", "params (ONNX)", "nodes", "file", "export s", "max rel err", "cosine", "top-1", "verdict"):
         table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
@@ -581,7 +622,15 @@ def demo(
                           f"{r.integer_convs}/{r.convs}", f"{r.fp32_ms:.2f}", f"{r.int8_ms:.2f}",
                           f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}]", f"{1 / r.ratio:.2f}×")
         out.print(table)
-    md, js = write_demo_report(rows, out_dir, fuse_row, int8_rows)
+    if accuracy_rows:
+        table = Table(title="int8 accuracy on real data — nets trained on scikit-learn's digits (400 test images)")
+        for col in ("model", "form", "fp32 acc", "int8 acc", "drop", "method", "kept in float"):
+            table.add_column(col, justify="left" if col in ("model", "form", "method") else "right")
+        for r in accuracy_rows:
+            table.add_row(r.model, r.form, f"{r.fp32_accuracy:.2f} %", f"{r.int8_accuracy:.2f} %", f"{r.drop:+.2f}",
+                          r.method, str(len(r.kept_float)) if r.kept_float else "-")
+        out.print(table)
+    md, js = write_demo_report(rows, out_dir, fuse_row, int8_rows, accuracy_rows)
     out.print(f"report: {md} and {js}", markup=False)
     failed = [r.model for r in rows if not r.check.passed]
     if fuse_row is not None and not fuse_row.check.passed:

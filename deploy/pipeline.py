@@ -180,7 +180,10 @@ def int8_markdown(rows: list[Int8Row]) -> list[str]:
     return lines
 
 
-def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_rows: list[Int8Row] | None = None) -> str:
+def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_rows: list[Int8Row] | None = None,
+                  accuracy_rows: list | None = None) -> str:
+    from .accuracy import accuracy_markdown
+
     lines = [
         "# deploy demo",
         "",
@@ -210,15 +213,17 @@ def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_row
             "", f"Fused / train latency: {f.ratio:.3f} [{f.ratio_low:.3f}, {f.ratio_high:.3f}] (95% CI, interleaved "
             f"rounds) — {1 / f.ratio:.2f}× faster.", ""]
     lines += int8_markdown(int8_rows or [])
+    lines += accuracy_markdown(accuracy_rows or [])
     return "\n".join(lines)
 
 
 def write_demo_report(rows: list[DemoRow], out_dir: Path, fuse_row: FuseRow | None = None,
-                      int8_rows: list[Int8Row] | None = None) -> tuple[Path, Path]:
+                      int8_rows: list[Int8Row] | None = None, accuracy_rows: list | None = None) -> tuple[Path, Path]:
     md = out_dir / "demo.md"
     tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(demo_markdown(rows, fuse_row, int8_rows))
+    tmp.write_text(demo_markdown(rows, fuse_row, int8_rows, accuracy_rows))
     tmp.replace(md)
     data = {"exports": [r.to_dict() for r in rows], "fuse": fuse_row.to_dict() if fuse_row else None,
-            "int8": [r.to_dict() for r in int8_rows or []]}
+            "int8": [r.to_dict() for r in int8_rows or []],
+            "digits_accuracy": [r.to_dict() for r in accuracy_rows or []]}
     return md, write_json(out_dir / "demo.json", data)

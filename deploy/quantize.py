@@ -174,14 +174,17 @@ class _Judge:
     """Scores candidate models on the held-out data against the fp32 reference outputs."""
 
     def __init__(self, fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
-                 threads: int | None):
+                 threads: int | None, session=None):
+        """``session``: an already loaded session that computes the fp32 output (the calibration one)."""
         self.feeds, self.labels, self.threads = feeds, labels, threads
         self.output = fp32.graph.output[0].name
-        self.reference = self._outputs(fp32)
+        self.reference = self._outputs(session or cpu_session(fp32, threads))
         self.fp32_accuracy = self._accuracy(self.reference)
 
-    def _outputs(self, model: onnx.ModelProto) -> np.ndarray:
-        run = run_function(cpu_session(model, self.threads), [self.output])
+    def _outputs(self, model_or_session) -> np.ndarray:
+        session = cpu_session(model_or_session, self.threads) if isinstance(model_or_session, onnx.ModelProto) \
+            else model_or_session
+        run = run_function(session, [self.output])
         return np.concatenate([run(f)[self.output] for f in self.feeds])
 
     def _accuracy(self, logits: np.ndarray) -> float | None:
@@ -321,18 +324,18 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     if calib.skipped:
         report.notes.append(f"{len(calib.skipped)} unreadable calibration file(s) skipped")
 
-    say("running the fp32 model on the held-out data")
     t0 = time.perf_counter()
-    judge = _Judge(fp32, _batches(held.array, input_name, options.batch), held.labels, options.threads)
-    report.fp32_accuracy = judge.fp32_accuracy
-
     say(f"calibrating: {len(plan.calibrated)} tensors over {len(calib.array)} samples")
     graph_inputs = {i.name for i in fp32.graph.input}
     # every planned tensor, the inherited ones too: keeping a layer in float during the fallback can turn
     # a tensor that inherits its parameters (a Flatten output) into one that needs its own range
     wanted = list(plan.activations)
     measured = [t for t in wanted if t not in graph_inputs]
-    run_model = run_function(cpu_session(with_outputs(fp32, measured), options.threads), measured)
+    session = cpu_session(with_outputs(fp32, measured), options.threads)
+    run_model = run_function(session, measured)
+    say("running the fp32 model on the held-out data")
+    judge = _Judge(fp32, _batches(held.array, input_name, options.batch), held.labels, options.threads, session)
+    report.fp32_accuracy = judge.fp32_accuracy
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the inputs are calibrated too
         return {**run_model(feeds), **{k: v for k, v in feeds.items() if k in plan.activations}}

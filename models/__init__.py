@@ -4,7 +4,7 @@ Importing this package registers every family. Models are torchvision-compatible
 the architecture: same parameter names and counts, so a torchvision checkpoint loads with ``--weights``.
 """
 
-from . import acnet, alexnet, dbb, mobilenet, mobileone, repvgg, resnet, shufflenet, tiny, vgg  # noqa: F401  (registers the families)
+from . import acnet, alexnet, dbb, digits, mobilenet, mobileone, repvgg, resnet, shufflenet, tiny, vgg  # noqa: F401  (registers the families)
 from .registry import (
     ModelEntry,
     UnknownModelError,

@@ -34,3 +34,17 @@ def tiny_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny-resnet.onnx"
     export_onnx(load_artifact("tiny-resnet"), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A fresh cache folder for the session: the digits nets are trained cold, once."""
+    return tmp_path_factory.mktemp("deploy-cache")
+
+
+@pytest.fixture(scope="session")
+def trained(cache_dir):
+    """Both digits nets, trained cold (the cache folder is new), shared by every test that needs them."""
+    from deploy import digits
+
+    return {name: digits.train_digits(name, cache_dir=cache_dir) for name in digits.MODELS}

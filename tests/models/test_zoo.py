@@ -25,6 +25,11 @@ PARAM_COUNTS = {
 
 TINY = ["tiny-convnet", "tiny-mobilenet", "tiny-resnet"]
 
+# Our own small nets for scikit-learn's digits (deploy.digits trains them); train form, and digits-repvgg's
+# deploy form with each RepVGG block fused into one biased 3x3 conv.
+DIGITS_PARAM_COUNTS = {"digits-resnet": 77_754, "digits-repvgg": 83_946}
+DIGITS_REPVGG_DEPLOY_PARAMS = 74_762
+
 
 @functools.cache
 def _built(name: str) -> torch.nn.Module:
@@ -46,7 +51,7 @@ def test_mobilenet_v1_param_count() -> None:
 
 
 def test_every_known_model_is_registered() -> None:
-    assert set(PARAM_COUNTS) | set(TINY) <= set(list_models())
+    assert set(PARAM_COUNTS) | set(TINY) | set(DIGITS_PARAM_COUNTS) <= set(list_models())
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -57,6 +62,18 @@ def test_tiny_models_are_small_and_described(name: str) -> None:
     assert entry.num_classes == 10
     assert entry.description
     assert _num_params(_built(name)) < 100_000
+
+
+@pytest.mark.parametrize("name", sorted(DIGITS_PARAM_COUNTS))
+def test_digits_models(name: str) -> None:
+    entry = get_model_entry(name)
+    assert (entry.family, entry.input_shape, entry.num_classes) == ("digits", (1, 1, 32, 32), 10)
+    assert entry.description
+    assert _num_params(_built(name)) == DIGITS_PARAM_COUNTS[name] < 100_000
+
+
+def test_digits_repvgg_deploy_form_param_count() -> None:
+    assert _num_params(create_model("digits-repvgg", deploy=True)) == DIGITS_REPVGG_DEPLOY_PARAMS
 
 
 @pytest.mark.parametrize("name", list_models())
