@@ -314,7 +314,8 @@ def quantize(
     eval_data: Annotated[str | None, typer.Option("--eval", help="Held-out data for scoring (default: the "
                          "calibration source, after the calibration samples: disjoint).")] = None,
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Held-out samples.")] = 64,
-    batch: Annotated[int, typer.Option(help="Samples per run while calibrating and scoring.")] = 8,
+    batch: Annotated[int | None, typer.Option(help="Samples per run while calibrating and scoring (default 4 "
+                     "and 8).")] = None,
     trt_cache: Annotated[Path | None, typer.Option("--trt-cache", help="Also write the ranges as a TensorRT "
                          "(≤ 10) calibration cache.")] = None,
     weights: WeightsOpt = None,

@@ -110,12 +110,15 @@ def print_quantize(report, console: Console) -> None:
         title = ("tournament: every method from one histogram pass, scored on held-out data"
                  if len(report.scores) > 1 else "score on held-out data")
         table = Table(title=f"{title} ({report.eval_samples} samples, {report.eval_data})")
-        for col in ("candidate", "top-1 agreement", "accuracy", "centred SQNR", "SQNR", "cosine", ""):
+        for col in ("candidate", "samples", "top-1 agreement", "accuracy", "centred SQNR", "SQNR", "cosine", ""):
             table.add_column(col, justify="left" if col in ("candidate", "") else "right")
         for s in report.scores:
-            table.add_row(s.label, _pct(s.top1_agreement), _pct(s.accuracy), fmt_db(s.centred_sqnr_db),
+            table.add_row(s.label, str(s.samples), _pct(s.top1_agreement), _pct(s.accuracy), fmt_db(s.centred_sqnr_db),
                           fmt_db(s.sqnr_db), f"{s.cosine:.5f}", "← written" if s.label == report.chosen else "")
         console.print(table)
+        if any(s.samples < report.eval_samples for s in report.scores):
+            console.print("tournament: every method on the first quarter of the held-out data, the best two on "
+                          "all of it", markup=False)
     if report.fp32_accuracy is not None:
         console.print(f"fp32 accuracy on the held-out data: {report.fp32_accuracy:.2f} %", markup=False)
     if report.sensitivity:
