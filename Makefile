@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench lint clean
+.PHONY: setup test test-slow demo bench bench-int8 bench-ortq digits lint clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,34 @@ bench: setup
 			--batch 1,8 --json $(BENCH_OUT)/reparam-$$m.json --md $(BENCH_OUT)/reparam-$$m.md \
 			--plot $(BENCH_OUT)/reparam-$$m.png || exit 1; \
 	done
+	$(MAKE) bench-int8
+
+# Int8 (and fp16) artifacts: fp32 export, `deploy quantize` (auto, ort-cpu), then fp32 vs int8 interleaved on
+# ort-cpu. fp16 files are written and scored but not timed: ONNX Runtime's CPU provider has no float16
+# Conv/Gemm kernels and computes them in float32 (see README).
+INT8_MODELS ?= resnet18 resnet50 mobilenet_v2
+bench-int8: setup
+	mkdir -p $(BENCH_OUT)
+	@for m in $(INT8_MODELS); do \
+		echo "== $$m: fp32 export, int8 (auto, ort-cpu), fp16"; \
+		$(VENV)/bin/deploy export $$m -o $(BENCH_OUT)/$$m.onnx > $(BENCH_OUT)/$$m.export.log || exit 1; \
+		$(VENV)/bin/deploy quantize $(BENCH_OUT)/$$m.onnx -o $(BENCH_OUT)/$$m.int8.onnx \
+			--json $(BENCH_OUT)/$$m.int8.json > $(BENCH_OUT)/$$m.int8.log || exit 1; \
+		tail -n 1 $(BENCH_OUT)/$$m.int8.log; \
+		$(VENV)/bin/deploy quantize $(BENCH_OUT)/$$m.onnx -o $(BENCH_OUT)/$$m.fp16.onnx --precision fp16 \
+			--json $(BENCH_OUT)/$$m.fp16.json > $(BENCH_OUT)/$$m.fp16.log || exit 1; \
+		tail -n 1 $(BENCH_OUT)/$$m.fp16.log; \
+		$(VENV)/bin/deploy bench $(BENCH_OUT)/$$m.onnx $(BENCH_OUT)/$$m.int8.onnx --backend ort-cpu --batch 1,8 \
+			--json $(BENCH_OUT)/int8-$$m.json --md $(BENCH_OUT)/int8-$$m.md --plot $(BENCH_OUT)/int8-$$m.png || exit 1; \
+	done
+
+# Side by side with ONNX Runtime's quantize_static on the same exports and photos (a benchmark, not a test).
+bench-ortq: setup
+	$(PY) scripts/ort_quantize_side_by_side.py --models $(INT8_MODELS) --out $(BENCH_OUT)/ort-quantize
+
+# Int8 accuracy on real labelled data: the digits-trained nets.
+digits: setup
+	$(VENV)/bin/deploy digits --out results/digits
 
 lint: setup
 	$(VENV)/bin/ruff check deploy passes models calib tests

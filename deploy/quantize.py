@@ -478,6 +478,9 @@ def _fp16(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         report.fp32_accuracy = judge.fp32_accuracy
         report.final = judge.score(result.model, "fp16")
         report.scores = [report.final]
+        report.notes.append("scored on ONNX Runtime CPU, which has no float16 Conv/Gemm/pooling kernels: it casts "
+                            "them back to float32, so this measures fp16 weights and I/O rounding, not fp16 "
+                            "arithmetic (that runs on ort-cuda and TensorRT)")
     except BadInputError as err:
         report.notes.append(f"not scored: ONNX Runtime CPU cannot run this fp16 graph ({err})")
     return result.model

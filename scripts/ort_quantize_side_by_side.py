@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -111,7 +112,8 @@ def main() -> None:
 
             files = [str(fp32), str(ours), str(args.out / f"{name}.ort_minmax_s8.onnx"),
                      str(args.out / f"{name}.ort_minmax_u8.onnx")]
-            subprocess.run(["deploy", "bench", *files, "--backend", "ort-cpu", "--batch", "1,8",
+            deploy_cli = str(Path(sys.executable).with_name("deploy"))
+            subprocess.run([deploy_cli, "bench", *files, "--backend", "ort-cpu", "--batch", "1,8",
                             "--json", str(args.out / f"{name}.bench.json"),
                             "--md", str(args.out / f"{name}.bench.md")], check=True)
     (args.out / "side-by-side.json").write_text(json.dumps(rows, indent=2))

@@ -152,3 +152,17 @@ def test_demo_int8_rows_and_markdown_report(cli, tmp_path):
     if row["chart"]:  # matplotlib present: the chart is linked from the report
         assert (tmp_path / "tiny-resnet.int8-latency.png").exists()
         assert "tiny-resnet.int8-latency.png" in markdown
+
+
+def test_fp16_precision_keeps_float32_io_and_halves_the_weights(cli, tiny_onnx, tmp_path):
+    out = tmp_path / "h.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, "--precision", "fp16", "--eval-samples", "8",
+                 "--json", tmp_path / "h.json")
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    report = json.loads((tmp_path / "h.json").read_text())
+    assert report["bytes_after"] < 0.6 * tiny_onnx.stat().st_size
+    assert report["final"]["cosine"] >= 0.9999 and report["table_path"] is None
+    assert not (tmp_path / "h.ranges.json").exists()
