@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .digits import digits_splits, evaluate, onnx_logits, train_digits, write_digits_npz
+from .errors import BadInputError
 from .export import export_onnx
 from .fuse import fuse_artifact
+from .passes.qdq import QuantizeError, get_target
 from .quantize import QuantizeOptions, QuantizeReport, quantize_artifact
 from .spec import load_artifact, load_onnx_artifact
 
@@ -62,6 +64,10 @@ def _row(model: str, form: str, fp32: Path, report: QuantizeReport, test: tuple)
 def run_digits_accuracy(out_dir: Path, seed: int = 0, target: str = "ort-cpu", cache_dir: Path | None = None,
                         progress: Callable[[str], None] | None = None) -> list[AccuracyRow]:
     say = progress or (lambda _msg: None)
+    try:
+        get_target(target)
+    except QuantizeError as err:
+        raise BadInputError(f"--target: {err}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = digits_splits(seed)
     calib_npz = write_digits_npz(out_dir / "digits-calib.npz", splits.calib)

@@ -196,7 +196,10 @@ class _Judge:
     def _accuracy(self, logits: np.ndarray) -> float | None:
         if self.labels is None or logits.ndim != 2:
             return None
-        return float((logits.argmax(1) == self.labels[:len(logits)]).mean() * 100)
+        labels = self.labels[:len(logits)]
+        if labels.ndim == 2:  # one-hot (or per-class scores): the class is the argmax
+            labels = labels.argmax(1)
+        return float((logits.argmax(1) == labels.reshape(-1)).mean() * 100)
 
     def score(self, model, label: str, batches: int | None = None) -> Score:
         """Judge a model (or a loaded session of one) on the held-out data, or on its first ``batches``."""
@@ -238,11 +241,15 @@ def _validate(options: QuantizeOptions) -> None:
     if options.target not in TARGETS:
         raise BadInputError(f"--target {options.target}: choose from {', '.join(TARGETS)}")
     for flag, value in (("--samples", options.samples), ("--eval-samples", options.eval_samples),
-                        ("--batch", options.batch or 1)):
+                        ("--batch", 1 if options.batch is None else options.batch)):
         if value < 1:
             raise BadInputError(f"{flag} {value}: must be at least 1")
     if options.max_drop is not None and options.max_drop < 0:
         raise BadInputError(f"--max-drop {options.max_drop}: must be ≥ 0 (top-1 points)")
+    if options.trt_cache is not None:
+        folder = Path(options.trt_cache).parent
+        if not folder.is_dir() or Path(options.trt_cache).is_dir():
+            raise BadInputError(f"--trt-cache {options.trt_cache}: give a file in an existing folder")
 
 
 def _load_fp32(artifact: Artifact, tmp_dir: Path, say: Callable[[str], None]) -> onnx.ModelProto:
@@ -254,19 +261,26 @@ def _load_fp32(artifact: Artifact, tmp_dir: Path, say: Callable[[str], None]) ->
     return onnx.load(str(artifact.onnx_path))
 
 
+def _same_source(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    return a != "photos" and b != "photos" and Path(a).resolve() == Path(b).resolve()
+
+
 def _data(options: QuantizeOptions, input_name: str, shape, say) -> tuple:
-    """(calibration samples, held-out samples); disjoint when they come from one source."""
+    """(calibration samples, held-out samples); disjoint when they come from one source: the held-out
+    samples start after every item calibration read or tried (unreadable files included)."""
     try:
         calib = load_samples(options.calib, shape, n=options.samples, input_name=input_name)
-        if options.eval_data is None:
-            held = load_samples(options.calib, shape, n=options.eval_samples, offset=options.samples,
-                                input_name=input_name)
-        else:
-            held = load_samples(options.eval_data, shape, n=options.eval_samples, input_name=input_name)
     except DataSourceError as err:
-        raise BadInputError(f"{err} (held-out data comes after the {options.samples} calibration samples; "
-                            f"lower --samples/--eval-samples or give --eval)"
-                            if "asked for" in str(err) or "offset" in str(err) else str(err)) from None
+        raise BadInputError(str(err)) from None
+    source = options.calib if options.eval_data is None else options.eval_data
+    offset = len(calib.array) + len(calib.skipped) if _same_source(source, options.calib) else 0
+    try:
+        held = load_samples(source, shape, n=options.eval_samples, offset=offset, input_name=input_name)
+    except DataSourceError as err:
+        raise BadInputError(f"{source}: no held-out data left after the {offset} calibration samples ({err}); "
+                            f"lower --samples or --eval-samples, or give other data with --eval") from None
     return calib, held
 
 
@@ -344,6 +358,9 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     judge = _Judge(fp32, _batches(held.array, input_name, options.batch or SCORING_BATCH), held.labels,
                    options.threads, session)
     report.fp32_accuracy = judge.fp32_accuracy
+    if options.max_drop is not None and (judge.reference.ndim != 2 or judge.reference.shape[1] < 2):
+        raise BadInputError(f"--max-drop needs a classifier output of shape (N, classes); the first output is "
+                            f"{list(judge.reference.shape)}: use --min-sqnr")
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the inputs are calibrated too
         return {**run_model(feeds), **{k: v for k, v in feeds.items() if k in plan.activations}}
@@ -426,6 +443,11 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     """Rank layers by what keeping each alone in float recovers; keep the most sensitive until the budget
     holds. Returns the kept set and its score (the best found when nothing meets the budget)."""
     base = report.scores[[s.label for s in report.scores].index(report.chosen)]
+    if len(plan.weighted) < 2:
+        report.budget_met = False
+        report.notes.append(f"no fallback is possible: the model has one quantizable layer ({report.budget} "
+                            f"not met); the best found is written")
+        return set(keep), base
     ranking = []
     for i, layer in enumerate(plan.weighted, 1):
         say(f"sensitivity: {layer} ({i}/{len(plan.weighted)})")

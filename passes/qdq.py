@@ -25,6 +25,7 @@ MaxPool, Flatten, Reshape, Transpose, Squeeze, Unsqueeze inherit their input's p
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ def _weight_input(index: GraphIndex, node: onnx.NodeProto) -> tuple[np.ndarray, 
 def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> set[str]:
     """``--keep-float`` items → node names. An item is a node name, an op type (``Gemm``), or ``first`` /
     ``last`` (the first / last quantizable node in graph order)."""
+    name_nodes(model)
     index = GraphIndex(model.graph)
     weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and _weight_input(index, n) is not None]
     by_name = {n.name: n for n in model.graph.node}
@@ -158,6 +160,7 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> set[str]
 def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iterable[str] = ()) -> QdqPlan:
     """Decide what gets quantized (see the module docstring for the placement rules)."""
     qt = target if isinstance(target, QuantTarget) else get_target(target)
+    _require_opset(model, 13)  # per-axis QuantizeLinear/DequantizeLinear
     name_nodes(model)
     keep = set(keep_float)
     index = GraphIndex(model.graph)
@@ -193,7 +196,9 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
             continue
         elif op in SAME_SCALE_OPS and node.input and node.input[0] in quantized:
             quantize_output(node.output[0], quantized[node.input[0]])
-        elif op in OWN_RANGE_OPS and node.input and all(t in quantized for t in node.input if not index.is_constant(t)):
+        elif op in OWN_RANGE_OPS and node.input and \
+                all(t in quantized for t in node.input if not index.is_constant(t)) and \
+                any(t in quantized for t in node.input):  # at least one quantized (float) data input
             if op == "Add" and any(index.is_constant(t) for t in node.input):
                 continue  # Add of a constant is a bias: nothing integer to gain
             quantize_output(past_activation(node.output[0]) if op == "Add" else node.output[0])
@@ -365,21 +370,43 @@ def _foldable_activations(index: GraphIndex, params: dict[str, ActivationParams]
     if not qt.unsigned:
         return {}
     folded = {}
+    inner = subgraph_reads(index.graph)  # names read inside If/Loop/Scan bodies: readers GraphIndex cannot see
     for tensor, p in params.items():
         node = index.producer.get(tensor)
         if node is None or node.op_type not in ACTIVATION_OPS or p.zero_point != 0 or tensor in index.graph_outputs:
             continue
         source = node.input[0]
-        if index.single_consumer(source) is not node or source in params:
+        if index.single_consumer(source) is not node or source in params or {source, tensor} & inner:
             continue
         if node.op_type == "Clip":
-            low = index.constant(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-            high = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            present = [len(node.input) > i and bool(node.input[i]) for i in (1, 2)]
+            low = _scalar(index.constant(node.input[1])) if present[0] else None
+            high = _scalar(index.constant(node.input[2])) if present[1] else math.inf
             q_high = 255 * p.scale  # the largest value the Q can represent
-            if low is None or float(low) != 0.0 or (high is not None and float(high) < q_high * (1 - 1e-6)):
+            # fold only when both bounds are known constants: min exactly 0, max at or above the Q's range
+            if low is None or low != 0.0 or high is None or high < q_high * (1 - 1e-6):
                 continue
         folded[tensor] = node
     return folded
+
+
+def _scalar(value: np.ndarray | None) -> float | None:
+    """A one-element constant as a float (Clip bounds come as 0-d or shape-(1,) tensors), else None."""
+    if value is None or np.size(value) != 1:
+        return None
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name read by a node inside a subgraph (If/Loop/Scan bodies), at any depth."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                names.update(n for inner in body.node for n in inner.input if n)
+                names.update(subgraph_reads(body))
+    return names
 
 
 def _quantize_bias(build: _Builder, name: str, bias: np.ndarray, x_scale: float,
@@ -399,11 +426,17 @@ def _quantize_bias(build: _Builder, name: str, bias: np.ndarray, x_scale: float,
 
 
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output} | \
+        subgraph_reads(graph)
     keep = [t for t in graph.initializer if t.name in used]
     if len(keep) != len(graph.initializer):
+        dropped = {t.name for t in graph.initializer} - {t.name for t in keep}
         del graph.initializer[:]
         graph.initializer.extend(keep)
+        # IR < 4 files also list initializers as graph inputs: a dropped weight must not become a required input
+        stale = [i for i in graph.input if i.name in dropped]
+        for i in stale:
+            graph.input.remove(i)
 
 
 def _require_opset(model: onnx.ModelProto, version: int) -> None:

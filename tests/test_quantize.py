@@ -166,3 +166,30 @@ def test_fp16_precision_keeps_float32_io_and_halves_the_weights(cli, tiny_onnx, 
     assert report["bytes_after"] < 0.6 * tiny_onnx.stat().st_size
     assert report["final"]["cosine"] >= 0.9999 and report["table_path"] is None
     assert not (tmp_path / "h.ranges.json").exists()
+
+
+def _one_conv_model(path, classifier: bool):
+    rng = np.random.default_rng(0)
+    w = onnx.numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "W")
+    nodes = [helper.make_node("Conv", ["input", "W"], ["c"], pads=[1, 1, 1, 1])]
+    if classifier:
+        nodes += [helper.make_node("GlobalAveragePool", ["c"], ["g"]), helper.make_node("Flatten", ["g"], ["output"])]
+    else:
+        nodes += [helper.make_node("Relu", ["c"], ["output"])]
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 4] if classifier else ["batch", 4, 16, 16])
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_budgets_on_models_that_cannot_meet_them(cli, tmp_path):
+    one = _one_conv_model(tmp_path / "one.onnx", classifier=True)
+    result = cli("quantize", one, "-o", tmp_path / "one.int8.onnx", *FAST, "--min-sqnr", "200")
+    assert result.exit_code == 1 and "one quantizable layer" in result.output
+    assert (tmp_path / "one.int8.onnx").exists()  # the best found is written
+    maps = _one_conv_model(tmp_path / "maps.onnx", classifier=False)
+    result = cli("quantize", maps, "-o", tmp_path / "maps.int8.onnx", *FAST, "--max-drop", "1")
+    assert result.exit_code == 2 and "--min-sqnr" in result.output
+    assert not (tmp_path / "maps.int8.onnx").exists()

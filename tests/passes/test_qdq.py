@@ -140,3 +140,66 @@ def test_unknown_target_and_missing_ranges(tiny_resnet):
     plan = plan_qdq(model, "ort-cpu")
     with pytest.raises(QuantizeError, match="lacks"):
         insert_qdq(model, plan, {})
+
+
+def _conv_graph(extra_nodes, outputs, inits=(), ir_inputs=False):
+    """input (1,3,8,8) → Conv(W,b) → c, then ``extra_nodes``; unnamed nodes, like some exporters write."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.normal(size=(4,)).astype(np.float32), "B")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    nodes = [helper.make_node("Conv", ["input", "W", "B"], ["c"], pads=[1, 1, 1, 1]), *extra_nodes]
+    outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+    initializers = [w, b, *inits]
+    inputs = [x] + ([helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in initializers]
+                    if ir_inputs else [])
+    graph = helper.make_graph(nodes, "g", inputs, outs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run_both(model, plan_target="ort-cpu"):
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    plan = plan_qdq(copy, plan_target)
+    x = np.random.default_rng(1).normal(size=(4, 3, 8, 8)).astype(np.float32)
+    quantized = insert_qdq(copy, plan, _minmax_ranges(copy, plan.calibrated, x)).model
+    ref = run_function(cpu_session(model))({"input": x})
+    out = run_function(cpu_session(quantized))({"input": x})
+    return quantized, ref, out
+
+
+def test_clip_with_a_computed_max_is_not_folded():
+    # Clip(c, 0, max(input)·0.1): the bound depends on the data, so the uint8 Q cannot stand in for it
+    nodes = [helper.make_node("ReduceMax", ["input"], ["m"], keepdims=0),
+             helper.make_node("Mul", ["m", "k"], ["hi"]),
+             helper.make_node("Clip", ["c", "zero", "hi"], ["r"]), helper.make_node("Conv", ["r", "W2"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "k"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.random.default_rng(2).normal(size=(2, 4, 1, 1)).astype(np.float32), "W2")]
+    model = _conv_graph(nodes, ["y"], inits)
+    quantized, ref, out = _run_both(model)
+    assert Counter(n.op_type for n in quantized.graph.node)["Clip"] == 1  # kept: its bound is data
+    # folded, the Clip's bound would be lost and y would be several times too large
+    assert np.abs(out["y"] - ref["y"]).max() < 0.5 * np.abs(ref["y"]).max()
+
+
+def test_clip_bounds_of_shape_one_and_ir3_initializer_inputs():
+    nodes = [helper.make_node("Clip", ["c", "lo", "hi"], ["r"]), helper.make_node("Conv", ["r", "W2"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([0.0], np.float32), "lo"),
+             numpy_helper.from_array(np.array([6.0], np.float32), "hi"),
+             numpy_helper.from_array(np.random.default_rng(2).normal(size=(2, 4, 1, 1)).astype(np.float32), "W2")]
+    model = _conv_graph(nodes, ["y"], inits, ir_inputs=True)
+    quantized, ref, out = _run_both(model)
+    assert Counter(n.op_type for n in quantized.graph.node)["Clip"] == 0  # folded into the uint8 Q
+    assert {i.name for i in quantized.graph.input} <= {"input"} | {t.name for t in quantized.graph.initializer}
+    assert np.abs(out["y"] - ref["y"]).max() < 0.05 * np.abs(ref["y"]).max()
+
+
+def test_keep_float_on_unnamed_nodes_and_constant_concat():
+    shape = [helper.make_node("Concat", ["s0", "s1"], ["shp"], axis=0),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("Reshape", ["r", "shp"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([-1], np.int64), "s0"),
+             numpy_helper.from_array(np.array([256], np.int64), "s1")]
+    model = _conv_graph(shape, ["y"], inits)
+    assert resolve_keep_float(model, ["first"]) == {model.graph.node[0].name} and model.graph.node[0].name
+    plan = plan_qdq(model, "ort-cpu")
+    assert "shp" not in plan.activations  # an all-constant Concat is shape arithmetic, not data
