@@ -34,7 +34,7 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from .core import PassReport, PassResult, Site, register_pass
-from .onnx_graph import graph_counts
+from .onnx_graph import NameAllocator, graph_counts
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 FP16_MAX = 65504.0  # largest finite float16
@@ -322,23 +322,6 @@ def _want(plan: _Plan, slot: int, node: onnx.NodeProto, home: dict[str, int], co
 # Rewriting
 
 
-class _Names:
-    """Fresh tensor and node names, without rescanning the graph for each."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
-        self.taken |= {o.name for o in graph.output} | {n.name for n in graph.node}
-        self.taken |= {out for n in graph.node for out in n.output} | {x for n in graph.node for x in n.input}
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
-
-
 @dataclass
 class _Counts:
     clamped: int = 0
@@ -409,7 +392,7 @@ def params_bytes(model: onnx.ModelProto) -> int:
 
 
 def _rename_graph_outputs(graph: onnx.GraphProto, plans: list[_Plan], home: dict[str, int], want: int,
-                          consts: set[str], names: _Names) -> dict[str, str]:
+                          consts: set[str], names: NameAllocator) -> dict[str, str]:
     """A graph output produced in the wrong precision is renamed inside (``y`` → ``y_fp16``) so that a Cast can
     write ``y``; returns {output: internal name}."""
     renamed: dict[str, str] = {}
@@ -445,7 +428,7 @@ class _Rewrite:
     plans: list[_Plan]
     home: dict[str, int]
     consts: set[str]
-    names: _Names
+    names: NameAllocator
     counts: _Counts = field(default_factory=_Counts)
     casts: dict[tuple[str, int], str] = field(default_factory=dict)  # (tensor, to) → Cast output
     fp16_copy: dict[str, str] = field(default_factory=dict)  # constant read on both sides → its float16 copy
@@ -569,7 +552,7 @@ def convert_fp16(model: onnx.ModelProto, *, block_ops: Iterable[str] = DEFAULT_B
     uses = _uses(graph, plans)
     _demote_sandwiched(graph, plans, consts, uses)
     home, retyped = _homes(graph, plans, types, uses, keep_io_types)
-    names = _Names(graph)
+    names = NameAllocator(graph)
     originals = [(n.name or n.output[0], n.op_type) for n in graph.node]
     output_type = FLOAT if keep_io_types else FLOAT16
     float_outputs = [o for o in graph.output if types.get(o.name) == FLOAT and o.name not in consts]

@@ -81,6 +81,24 @@ def eliminate_dead_nodes(graph: onnx.GraphProto) -> int:
     return removed
 
 
+class NameAllocator:
+    """Fresh tensor and node names for one graph, without rescanning the graph for each (passes that add
+    hundreds of nodes would otherwise be quadratic)."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.taken = {t.name for t in graph.initializer} | {i.name for i in graph.input}
+        self.taken |= {o.name for o in graph.output} | {n.name for n in graph.node}
+        self.taken |= {out for n in graph.node for out in n.output} | {x for n in graph.node for x in n.input}
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}_{k}"
+        self.taken.add(name)
+        return name
+
+
 def unique_name(graph: onnx.GraphProto, base: str) -> str:
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
         {n.name for n in graph.node} | {i.name for i in graph.input}

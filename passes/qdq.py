@@ -35,7 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .core import PassReport, PassResult, Site
-from .onnx_graph import GraphIndex, attributes, graph_counts
+from .onnx_graph import GraphIndex, NameAllocator, attributes, graph_counts
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 ACTIVATION_OPS = ("Relu", "Clip")  # removable into the following Q when its zero point sits at qmin
@@ -248,18 +248,12 @@ class _Builder:
 
     def __init__(self, graph: onnx.GraphProto):
         self.graph = graph
-        self.taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
-            {n.name for n in graph.node} | {i.name for i in graph.input}
+        self.names = NameAllocator(graph)
         self.front: list[onnx.NodeProto] = []  # weight DQs and graph-input Q/DQs: before every node
         self.after: dict[str, list[onnx.NodeProto]] = {}  # producer output → Q/DQ nodes placed after it
 
     def name(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            k += 1
-            name = f"{base}_{k}"
-        self.taken.add(name)
-        return name
+        return self.names.fresh(base)
 
     def constant(self, base: str, value: np.ndarray) -> str:
         name = self.name(base)
