@@ -103,6 +103,17 @@ def _data_arg(data: str, artifact) -> str | None:
     return data
 
 
+def _finish(report, json_path: Path | None) -> None:
+    """The end of a judging verb: the JSON report when asked, the one-line verdict, exit 1 when not passed."""
+    from .report import write_json
+
+    if json_path:
+        write_json(json_path, report.to_dict())
+    typer.echo(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 # Verbs -----------------------------------------------------------------------------------------------
 @app.command()
 @handle_errors
@@ -332,7 +343,7 @@ def quantize(
     in float until it holds; when nothing meets it, the best found is written and the exit code is 1.
     """
     from .quantize import QuantizeOptions, quantize_artifact
-    from .report import print_quantize, write_json
+    from .report import print_quantize
 
     artifact = _load(model, weights, shape)
     options = QuantizeOptions(
@@ -342,11 +353,7 @@ def quantize(
     with err.status("quantizing", spinner="dots") as status:
         report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
     print_quantize(report, out)
-    if json_path:
-        write_json(json_path, report.to_dict())
-    typer.echo(report.summary())
-    if not report.passed:
-        raise typer.Exit(1)
+    _finish(report, json_path)
 
 
 @app.command()
@@ -418,7 +425,7 @@ def check(
 
     from .backends import get_runner_class
     from .harness import check_artifacts
-    from .report import print_compare, write_json
+    from .report import print_compare
 
     for name in (backend_a, backend_b):
         if name:
@@ -431,11 +438,7 @@ def check(
                                  batch=batch, data=_data_arg(data, a), seed=seed, precision=precision,
                                  overrides=tol or [], threads=threads, tick=lambda: bar.advance(task))
     print_compare(report, out)
-    if json_path:
-        write_json(json_path, report.to_dict())
-    typer.echo(report.summary())
-    if not report.passed:
-        raise typer.Exit(1)
+    _finish(report, json_path)
 
 
 @app.command()
