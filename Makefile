@@ -1,4 +1,7 @@
 # make test / make demo each build the environment first when it is missing (a fresh clone needs nothing else).
+# Recipes run in bash with pipefail, so filtering pip's output never hides its exit status.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
@@ -8,12 +11,17 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
+# pip's noise stays out of the output: warnings about this machine's index folders that lack a package,
+# and setuptools' editable-install banner. Real errors still print, and still fail the target.
+PIP_QUIET := grep -v -E "^WARNING: Location '.*' is ignored|^ +(!!|\*+|with strategy|Please be careful|name as your package)|BuildBackendWarning|^ *$$" || true
+
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "setting up $(VENV) (pinned: requirements.lock)"
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | { $(PIP_QUIET); }
+	@$(PY) -m pip install -q -r requirements.lock 2>&1 | { $(PIP_QUIET); }
+	@$(PY) -m pip install -q --no-deps -e . 2>&1 | { $(PIP_QUIET); }
+	@touch $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -344,7 +344,8 @@ def _image_preprocess(input_shape: Sequence[int | str]) -> Preprocess:
     small = [isinstance(d, int) and 0 < d <= 4 for d in shape]
     layout = "NHWC" if small[3] and not small[1] else "NCHW"
     if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
-        raise DataSourceError(f"model input {shape} has symbolic image dims; images need a fixed C, H and W")
+        raise DataSourceError(f"model input {shape} has free image dims; give the resolution to read images at "
+                              f"with --shape, e.g. --shape 1,3,224,224")
     return Preprocess.for_input_shape(shape, layout=layout)
 
 

@@ -78,13 +78,14 @@ class BenchConfig:
     ort_spinning: bool = False
     gap: float = 0.010
     seed: int = 0
+    memory: str = "fresh"  # fresh: each entry in its own new process (order-independent); inline; off
 
     def to_dict(self) -> dict:
         return {"batches": list(self.batches), "threads": self.threads, "warmup": self.warmup.describe(),
                 "min_runs": self.min_runs, "min_time_s": self.min_time, "max_time_s": self.max_time,
                 "include_copies": self.include_copies, "cuda_graphs": self.cuda_graphs,
                 "per_artifact": self.per_artifact, "ort_spinning": self.ort_spinning,
-                "gap_ms": self.gap * 1e3}
+                "gap_ms": self.gap * 1e3, "memory": self.memory}
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -144,10 +145,35 @@ class LatencyReport:
     config: BenchConfig
     results: list[BenchResult]
     notes: list[str] = field(default_factory=list)
+    max_ratio: float | None = None  # the budget: no entry may take more than this times its group's first
+
+    def regressions(self) -> list[BenchResult]:
+        """Entries over ``max_ratio``: judged on the ratio's point estimate (the median of per-round ratios)."""
+        if self.max_ratio is None:
+            return []
+        return [r for r in self.results if r.ratio is not None and r.ratio.ratio > self.max_ratio]
+
+    @property
+    def passed(self) -> bool:
+        return not self.regressions()
+
+    def summary(self) -> str:
+        entries = f"{len(self.results)} entr{'y' if len(self.results) == 1 else 'ies'}"
+        if self.max_ratio is None:
+            return f"MEASURED bench: {entries} (no --max-ratio given, so nothing judged)"
+        bad = self.regressions()
+        if not bad:
+            worst = max((r.ratio.ratio for r in self.results if r.ratio is not None), default=float("nan"))
+            return f"PASSED bench: {entries}, every ratio ≤ --max-ratio {self.max_ratio:g} (highest {worst:.3f})"
+        detail = "; ".join(f"{r.label} batch {r.batch} ratio {format_ratio(r)}" for r in bad[:3])
+        more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+        return f"FAILED bench: {len(bad)} of {entries} over --max-ratio {self.max_ratio:g}: {detail}{more}"
 
     def to_dict(self) -> dict:
         return {"environment": self.environment, "config": self.config.to_dict(),
-                "results": [r.to_dict() for r in self.results], "notes": self.notes}
+                "results": [r.to_dict() for r in self.results], "notes": self.notes,
+                "max_ratio": self.max_ratio, "passed": self.passed,
+                "regressions": [r.label for r in self.regressions()]}
 
     def to_csv(self) -> str:
         buffer = io.StringIO()
@@ -329,6 +355,11 @@ def measure_group(entries: list[Entry], batch: int, config: BenchConfig, group: 
                 break
         if rounds < config.min_runs:
             notes.append(f"batch {batch}, {group}: stopped at --max-time {config.max_time:g} s after {rounds} rounds")
+    if config.memory == "fresh":
+        timers = [(entry, timer, runs, *_fresh_memory(entry, batch, runs, config, (rss, device), notes, say))
+                  for entry, timer, runs, rss, device in timers]
+    elif config.memory == "off":
+        timers = [(entry, timer, runs, None, None) for entry, timer, runs, _, _ in timers]
     baseline = timers[0][0]
     results = []
     for i, (entry, _, warm_runs, rss, device) in enumerate(timers):
@@ -338,10 +369,33 @@ def measure_group(entries: list[Entry], batch: int, config: BenchConfig, group: 
     return results
 
 
+MEMORY_MODES = ("fresh", "inline", "off")
+
+
+def _fresh_memory(entry: Entry, batch: int, runs: int, config: BenchConfig, inline: tuple, notes: list[str],
+                  say: Callable[[str], None]) -> tuple[float | None, float | None]:
+    """The entry's memory in a new process (deploy.memory); the in-process figure, with a note, when the
+    artifact cannot be loaded again there."""
+    from .memory import job_for, measure_fresh
+
+    job = job_for(entry.artifact, entry.backend, batch, config.threads, runs, config.seed, config.ort_spinning)
+    if job is None:
+        notes.append(f"{entry.label}: memory measured in this process (the model was built in memory)")
+        return inline
+    say(f"batch {batch}: memory of {entry.label} in a fresh process")
+    try:
+        return measure_fresh(job)
+    except (RuntimeError, OSError, ValueError) as err:
+        notes.append(f"{entry.label}: memory measured in this process ({err})")
+        return inline
+
+
 def run_bench(specs: list[tuple[str, Artifact]], backends: list[str], config: BenchConfig,
               tick: Callable[[str], None] | None = None) -> LatencyReport:
     threads = config.threads or default_threads()
     config = BenchConfig(**{**config.__dict__, "threads": threads})
+    if config.memory not in MEMORY_MODES:
+        raise BadInputError(f"--memory {config.memory}: choose from {', '.join(MEMORY_MODES)}")
     notes: list[str] = []
     results: list[BenchResult] = []
     with contextlib.ExitStack() as stack:
@@ -361,8 +415,11 @@ def run_bench(specs: list[tuple[str, Artifact]], backends: list[str], config: Be
 
 
 def speedup_text(result: BenchResult) -> str:
-    """'1.84× faster' or '0.72× (slower)' from a ratio of times."""
+    """'1.84× faster', '0.72× (slower)', or 'same' when the ratio's interval contains 1: a difference the
+    measurement cannot tell from noise is not reported as one."""
     if result.ratio is None or not math.isfinite(result.ratio.ratio) or result.ratio.ratio <= 0:
         return ""
+    if result.ratio.low <= 1.0 <= result.ratio.high:
+        return "same (interval spans 1)"
     speed = 1.0 / result.ratio.ratio
     return f"{speed:.2f}× faster" if speed >= 1 else f"{speed:.2f}× (slower)"

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import atomic_path
 from .models import create_model, get_model_entry
 
 # Bump when the training code changes what it produces (data, augmentation, loop): old checkpoints then miss.
@@ -290,21 +290,10 @@ def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, config: TrainConfig, se
 # ------------------------------------------------------------------------------------------- cache
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write; renamed over ``path`` when the block succeeds."""
+def _atomic(path: Path):
+    """A temporary name beside ``path`` (its folder made first), renamed over it when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the cache private to us; plain open() would not
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    return atomic_path(path)
 
 
 def _meta_path(path: Path) -> Path:

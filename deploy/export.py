@@ -51,6 +51,7 @@ class ExportReport:
     verify_seconds: float
     check: CompareReport | None = None
     notes: list[str] = field(default_factory=list)
+    dynamic_axes: dict[str, dict[int, str]] = field(default_factory=dict)
 
     @property
     def nodes(self) -> int:
@@ -63,7 +64,8 @@ class ExportReport:
     def to_dict(self) -> dict:
         return {
             "model": self.model, "output": self.output, "exporter": self.exporter, "opset": self.opset,
-            "dynamic_batch": self.dynamic_batch, "simplified": self.simplified, "nodes": self.nodes,
+            "dynamic_batch": self.dynamic_batch, "dynamic_axes": self.dynamic_axes, "simplified": self.simplified,
+            "nodes": self.nodes,
             "nodes_by_op": self.nodes_by_op, "parameters": self.parameters, "file_bytes": self.file_bytes,
             "external_data": self.external_data, "export_seconds": round(self.export_seconds, 3),
             "simplify_seconds": round(self.simplify_seconds, 3), "verify_seconds": round(self.verify_seconds, 3),
@@ -80,38 +82,91 @@ def graph_stats(model) -> tuple[dict[str, int], int]:
     return dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))), params
 
 
-def _output_names(module: torch.nn.Module, example: torch.Tensor, label: str) -> list[str]:
+def _output_names(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], label: str) -> list[str]:
     try:
         with torch.inference_mode():
-            return list(name_outputs(module(example)))
+            return list(name_outputs(module(*examples)))
     except BadInputError:
         raise
     except Exception as err:
-        raise BadInputError(f"{label}: the model does not run on input shape {tuple(example.shape)}: "
-                            f"{first_line(err)}") from None
+        shapes = ", ".join(str(tuple(e.shape)) for e in examples)
+        raise BadInputError(f"{label}: the model does not run on input shape {shapes}: {first_line(err)}") from None
 
 
-def _export_torchscript(module, example, path: Path, opset: int, dynamic: bool, out_names: list[str]) -> None:
-    axes = {n: {0: "batch"} for n in ["input", *out_names]} if dynamic else None
+AXIS_NAMES = {"batch": 0, "height": -2, "width": -1}
+
+
+def parse_dynamic(text: str | None, static: bool = False) -> tuple[str, ...]:
+    """``--dynamic batch,height,width`` → the axes kept symbolic in the exported file (``none``: all fixed).
+    Height and width are the last two dims of an NCHW image input."""
+    if static:
+        if text not in (None, "batch", "none"):
+            raise BadInputError("--static and --dynamic contradict each other; give one")
+        return ()
+    if text is None:
+        return ("batch",)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    if names in ((), ("none",)):
+        return ()
+    unknown = [n for n in names if n not in AXIS_NAMES]
+    if unknown:
+        raise BadInputError(f"--dynamic {text}: unknown axis {', '.join(unknown)}; choose from batch, height, width "
+                            f"(or none)")
+    return names
+
+
+def dynamic_axes(input_names: list[str], ranks: list[int], axes: tuple[str, ...]) -> dict[str, dict[int, str]]:
+    """{input: {dim index: symbolic name}}; height/width apply to rank-4 (NCHW) inputs only, and are named
+    per input when there are several."""
+    out: dict[str, dict[int, str]] = {}
+    for name, rank in zip(input_names, ranks):
+        dims: dict[int, str] = {}
+        for axis in axes:
+            if axis != "batch" and rank != 4:
+                continue
+            label = axis if axis == "batch" or len(input_names) == 1 else f"{name}_{axis}"
+            dims[AXIS_NAMES[axis] % rank] = label
+        if dims:
+            out[name] = dims
+    return out
+
+
+def _export_torchscript(module, examples, path: Path, opset: int, axes: dict, in_names: list[str],
+                        out_names: list[str]) -> None:
+    dynamic = dict(axes)
+    if any(0 in d for d in axes.values()):
+        dynamic.update({n: {0: "batch"} for n in out_names})
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=out_names, dynamic_axes=axes,
+        torch.onnx.export(module, tuple(examples), str(path), dynamo=False, opset_version=opset,
+                          input_names=in_names, output_names=out_names, dynamic_axes=dynamic or None,
                           do_constant_folding=True)
 
 
-def _export_dynamo(module, example, path: Path, opset: int, dynamic: bool, out_names: list[str]) -> None:
+def _export_dynamo(module, examples, path: Path, opset: int, axes: dict, in_names: list[str],
+                   out_names: list[str]) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError:
         raise MissingDependencyError("the dynamo exporter needs onnxscript (pip install onnxscript)") from None
-    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic else None
-    if dynamic and example.shape[0] == 1:  # batch 1 would be specialised as a constant
-        example = example.expand(2, *example.shape[1:]).contiguous()
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = []
+    examples = list(examples)
+    for i, name in enumerate(in_names):
+        spec = {}
+        for index, label in axes.get(name, {}).items():
+            dims.setdefault(label, torch.export.Dim(label, min=2 if index else 1, max=4096 if index == 0 else 8192))
+            spec[index] = dims[label]
+            if examples[i].shape[index] == 1:  # a size-1 dim would be specialised as a constant
+                grown = list(examples[i].shape)
+                grown[index] = 2
+                examples[i] = examples[i].expand(*grown).contiguous() if index == 0 else torch.zeros(grown)
+        shapes.append(spec or None)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, dynamic_shapes=shapes,
-                                    input_names=["input"], output_names=out_names, verbose=False)
+        program = torch.onnx.export(module, tuple(examples), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=tuple(shapes) if axes else None,
+                                    input_names=in_names, output_names=out_names, verbose=False)
         program.save(str(path))
 
 
@@ -178,17 +233,21 @@ def export_onnx(
     *,
     opset: int = 17,
     dynamic_batch: bool = True,
+    dynamic: tuple[str, ...] | None = None,
     simplify: bool = True,
     exporter: str = "torchscript",
     verify: bool = True,
     verify_samples: int = 4,
     verify_data: str | None = "photos",
     progress=None,
+    threads: int | None = None,
 ) -> ExportReport:
     """Export a torch artifact to ``output`` and (by default) prove it equal to PyTorch on real photos.
 
     Raises :class:`CheckFailedError` (no file written) when ONNX Runtime disagrees beyond fp32 tolerance.
-    ``progress`` is an optional callable receiving a short stage description.
+    ``progress`` is an optional callable receiving a short stage description. ``dynamic`` names the axes
+    kept symbolic (batch, height, width; see :func:`parse_dynamic`); without it, ``dynamic_batch`` decides.
+    ``threads`` caps the verification's CPU threads.
     """
     import onnx
 
@@ -200,9 +259,14 @@ def export_onnx(
         raise BadInputError(f"--opset {opset}: choose an opset between 7 and 23 (17 is a safe default)")
     output = onnx_output_path(output)
     say = progress or (lambda _msg: None)
-    example = torch.zeros(artifact.example_shape)
+    examples = tuple(torch.zeros(shape, dtype=torch.float32) for shape in artifact.example_shapes)
+    in_names = [s.name for s in artifact.inputs]
     module = artifact.module.eval()
-    out_names = _output_names(module, example, artifact.label)
+    out_names = _output_names(module, examples, artifact.label)
+    if dynamic is None:
+        dynamic = ("batch",) if dynamic_batch else ()
+    axes = dynamic_axes(in_names, [len(e.shape) for e in examples], tuple(dynamic))
+    dynamic_batch = any(0 in d for d in axes.values())
     notes: list[str] = []
 
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
@@ -212,7 +276,7 @@ def export_onnx(
         start = time.perf_counter()
         try:
             (_export_dynamo if exporter == "dynamo" else _export_torchscript)(
-                module, example, tmp_path, opset, dynamic_batch, out_names)
+                module, examples, tmp_path, opset, axes, in_names, out_names)
         except (MissingDependencyError, BadInputError):
             raise
         except Exception as err:
@@ -252,7 +316,7 @@ def export_onnx(
 
         report = ExportReport(artifact.label, str(output), exporter, written_opset, dynamic_batch, simplified,
                               nodes_by_op, params, tmp_path.stat().st_size, external, export_seconds,
-                              simplify_seconds, 0.0, notes=notes)
+                              simplify_seconds, 0.0, notes=notes, dynamic_axes=axes)
         if verify:
             from .harness import check_artifacts
             from .spec import load_onnx_artifact
@@ -261,7 +325,8 @@ def export_onnx(
             start = time.perf_counter()
             candidate = load_onnx_artifact(tmp_path)
             candidate.label = str(output)
-            report.check = check_artifacts(artifact, candidate, samples=verify_samples, data=verify_data)
+            report.check = check_artifacts(artifact, candidate, samples=verify_samples, data=verify_data,
+                                           threads=threads)
             report.verify_seconds = time.perf_counter() - start
             if not report.check.passed:
                 raise CheckFailedError(report.check.summary() + f" — {output} not written", ) from None

@@ -68,9 +68,10 @@ def parse_passes(text: str | None, kind: str) -> list[str]:
     return names
 
 
-def _export_to(artifact: Artifact, folder: Path, name: str, opset: int) -> onnx.ModelProto:
+def _export_to(artifact: Artifact, folder: Path, name: str, opset: int,
+               dynamic: tuple[str, ...] | None = None) -> onnx.ModelProto:
     path = folder / name
-    export_onnx(artifact, path, verify=False, opset=opset)
+    export_onnx(artifact, path, verify=False, opset=opset, dynamic=dynamic)
     return onnx.load(str(path))
 
 
@@ -84,8 +85,11 @@ def fuse_artifact(
     data: str | None = "photos",
     opset: int = 17,
     progress=None,
+    dynamic: tuple[str, ...] | None = None,
+    threads: int | None = None,
 ) -> FuseReport:
-    """Run ``passes`` (torch stage first) and prove the result equal to ``artifact``."""
+    """Run ``passes`` (torch stage first) and prove the result equal to ``artifact``. A model spec is
+    exported with ``dynamic`` free axes (default: the batch)."""
     say = progress or (lambda _msg: None)
     output = onnx_output_path(output)
     start = time.perf_counter()
@@ -96,7 +100,7 @@ def fuse_artifact(
     try:
         if artifact.kind == "torch":
             say("exporting the original for comparison")
-            before_model = _export_to(artifact, tmp_dir, "original.onnx", opset)
+            before_model = _export_to(artifact, tmp_dir, "original.onnx", opset, dynamic)
             module = artifact.module.eval()
             for info in (i for i in infos if i.stage == "torch"):
                 say(f"{info.name} (torch)")
@@ -107,9 +111,9 @@ def fuse_artifact(
                 module = result.model
                 reports.append({**result.report.to_dict(), "stage": "torch"})
             fused = Artifact(artifact.label, "torch", artifact.inputs, module=module.eval(),
-                             num_classes=artifact.num_classes, example_shape=artifact.example_shape)
+                             num_classes=artifact.num_classes, example_shapes=artifact.example_shapes)
             say("exporting the fused model")
-            model = _export_to(fused, tmp_dir, "fused.onnx", opset)
+            model = _export_to(fused, tmp_dir, "fused.onnx", opset, dynamic)
         else:
             model = onnx.load(str(artifact.onnx_path))
             before_model = model
@@ -128,7 +132,7 @@ def fuse_artifact(
             say("checking the result against the original on real photos")
             candidate = load_onnx_artifact(tmp_path)
             candidate.label = str(output)
-            report.check = check_artifacts(artifact, candidate, samples=samples, data=data)
+            report.check = check_artifacts(artifact, candidate, samples=samples, data=data, threads=threads)
             if not report.check.passed:
                 error = CheckFailedError(report.check.summary() + f" — {output} not written")
                 error.report = report  # type: ignore[attr-defined]

@@ -42,11 +42,22 @@ def runnable(artifact: Artifact, backend: str, stack: contextlib.ExitStack) -> t
 
 
 def feed_specs(*artifacts: Artifact) -> list[TensorSpec]:
-    """The most constrained input specs: an ONNX file's fixed dims win over a module's free batch."""
+    """The most constrained input specs: an ONNX file's fixed dims win over a module's free batch, and a
+    module's example shape fills an ONNX file's free height and width (a ``--dynamic`` export)."""
+    examples = next((a.example_shapes for a in artifacts if a.kind == "torch" and a.example_shapes), None)
     for artifact in artifacts:
         if artifact.kind == "onnx":
-            return artifact.inputs
+            if examples is None or len(examples) != len(artifact.inputs):
+                return artifact.inputs
+            return [_fill_free(spec, shape) for spec, shape in zip(artifact.inputs, examples)]
     return artifacts[0].inputs
+
+
+def _fill_free(spec: TensorSpec, example: tuple[int, ...]) -> TensorSpec:
+    if len(example) != len(spec.shape):
+        return spec
+    dims = tuple(d if (isinstance(d, int) and d > 0) or i == 0 else example[i] for i, d in enumerate(spec.shape))
+    return TensorSpec(spec.name, dims, spec.dtype)
 
 
 def run_batches(runner: Runner, feeds: Feeds, tick: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:

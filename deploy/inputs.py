@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends.base import TensorSpec
-from .calib.data import DataSourceError, Preprocess, load_image_folder, load_photos
+from .calib.data import DataSourceError, load_samples
 from .errors import BadInputError
 
 
@@ -31,16 +31,16 @@ def _random(spec: TensorSpec, n: int, seed: int) -> np.ndarray:
     return rng.integers(0, 10, shape).astype(spec.dtype)
 
 
-def _images(spec: TensorSpec, n: int, data: str, offset: int) -> tuple[np.ndarray, str]:
+def _samples(spec: TensorSpec, n: int, data: str, offset: int) -> tuple[np.ndarray, str]:
+    """``n`` samples from photos, an image folder or an .npy/.npz file (the same sources quantize reads)."""
     try:
-        preprocess = Preprocess.for_input_shape(spec.concrete())
-        if data == "photos":
-            return load_photos(n, preprocess, offset=offset), f"{n} crops of the bundled photos"
-        folder = load_image_folder(data, n, preprocess, offset=offset)
-        skipped = f", {len(folder.skipped)} unreadable skipped" if folder.skipped else ""
-        return folder.array, f"{len(folder.files)} images from {data}{skipped}"
+        samples = load_samples(data, spec.concrete(), n=n, offset=offset, input_name=spec.name)
     except DataSourceError as err:
         raise BadInputError(f"--data {data}: {err}") from None
+    if data == "photos":
+        return samples.array, f"{len(samples.array)} crops of the bundled photos"
+    skipped = f", {len(samples.skipped)} unreadable skipped" if samples.skipped else ""
+    return samples.array, f"{len(samples.array)} samples from {data}{skipped}"
 
 
 def make_feeds(
@@ -53,31 +53,32 @@ def make_feeds(
 ) -> Feeds:
     """``samples`` inputs split into batches of ``batch`` (default: the fixed batch dim, else all at once).
 
-    ``data`` None gives seeded Gaussian noise; ``"photos"`` or a folder gives ImageNet-preprocessed
-    images (one image input only).
+    ``data`` None gives seeded Gaussian noise; ``"photos"`` or a folder gives preprocessed images, an
+    .npy/.npz file its arrays as they are (one input only).
     """
     if samples < 1:
-        raise BadInputError(f"--inputs {samples}: need at least 1 sample")
+        raise BadInputError(f"--samples {samples}: need at least 1 sample")
     if batch is not None and batch < 1:
-        raise BadInputError(f"--batch {batch}: need at least 1 sample per run")
+        raise BadInputError(f"--run-batch {batch}: need at least 1 sample per run")
     fixed = {s.shape[0] for s in specs if not s.dynamic_batch}
     if len(fixed) > 1:
         raise BadInputError(f"inputs disagree on the batch dim: {sorted(fixed)}")
     if fixed:
         fixed_batch = fixed.pop()
         if batch not in (None, fixed_batch):
-            raise BadInputError(f"--batch {batch}: the model fixes the batch at {fixed_batch}")
+            raise BadInputError(f"--run-batch {batch}: the model fixes the batch at {fixed_batch}")
         batch = fixed_batch
         samples = math.ceil(samples / batch) * batch
     batch = batch or samples
     if data is not None:
         if len(specs) != 1:
-            raise BadInputError(f"--data feeds one image input; the model has {len(specs)} inputs")
-        array, source = _images(specs[0], samples, data, offset)
+            raise BadInputError(f"--data feeds one input; the model has {len(specs)} "
+                                f"({', '.join(s.name for s in specs)}): use --data random")
+        array, source = _samples(specs[0], samples, data, offset)
         if len(array) % batch:
             if fixed:
-                raise BadInputError(f"--data {data}: {len(array)} images do not fill whole batches of {batch}, "
-                                    f"the model's fixed batch; add images or use --inputs")
+                raise BadInputError(f"--data {data}: {len(array)} samples do not fill whole batches of {batch}, "
+                                    f"the model's fixed batch; add samples or lower --samples")
             batch = min(batch, len(array))
         samples = len(array)
         arrays = {specs[0].name: array.astype(specs[0].dtype)}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from .bench import LatencyReport, format_ratio
 from .errors import MissingDependencyError
+from .files import atomic_path
 
 BACKEND_COLORS = {"torch-cpu": "#4C72B0", "ort-cpu": "#DD8452", "torch-cuda": "#55A868", "ort-cuda": "#C44E52",
                   "trt": "#937860"}
@@ -51,12 +51,9 @@ def plot_latency(report: LatencyReport, path: str | os.PathLike, title: str | No
     cpu = report.environment["cpu"]
     fig.suptitle(title or f"deploy bench — {cpu['model']}, {report.environment['threads']} threads", fontsize=10)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path

@@ -66,6 +66,7 @@ class QuantizeOptions:
     min_sqnr: float | None = None  # dB, mean-centred SQNR of the outputs against fp32
     trt_cache: Path | None = None
     threads: int | None = None
+    keep_failed: bool = False  # a missed budget still writes the best found (default: nothing is written)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class QuantizeReport:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     pass_report: dict | None = None
+    written: bool = False  # False after a missed budget without keep_failed: no file at output
 
     @property
     def passed(self) -> bool:
@@ -154,8 +156,12 @@ class QuantizeReport:
             parts.append(f"accuracy {f.accuracy:.2f} % (fp32 {self.fp32_accuracy:.2f} %)")
         if self.kept_float:
             parts.append(f"{len(self.kept_float)} layer(s) kept in float")
-        verdict = "QUANTIZED" if self.passed else f"BUDGET NOT MET ({self.budget}); best found written:"
-        return f"{verdict} {self.output}: " + ", ".join(p for p in parts if p)
+        text = ", ".join(p for p in parts if p)
+        if self.passed:
+            return f"PASSED {self.output}: {text}" + (f" (budget {self.budget} met)" if self.budget else "")
+        where = (f"the best found is kept at {self.output} (--keep-failed)" if self.written else
+                 f"{self.output} not written (--keep-failed keeps the best found)")
+        return f"FAILED {self.output}: budget {self.budget} not met; best found: {text}; {where}"
 
 
 def table_path_for(output: Path) -> Path:
@@ -291,7 +297,8 @@ def quantize_artifact(
     progress: Callable[[str], None] | None = None,
 ) -> QuantizeReport:
     """Quantize ``artifact`` to ``output`` (and its ranges table beside it). Files are written atomically;
-    with a budget that no fallback meets, the best model found is still written and the report says so."""
+    with a budget that no fallback meets nothing is written, unless ``options.keep_failed`` asks for the
+    best model found (the report says which)."""
     _validate(options)
     say = progress or (lambda _msg: None)
     output = onnx_output_path(output)
@@ -319,7 +326,11 @@ def quantize_artifact(
         tmp_path = tmp_dir / output.name
         save_onnx(model, tmp_path)
         report.bytes_after = tmp_path.stat().st_size
+        if not report.passed and not options.keep_failed:
+            report.seconds["total"] = time.perf_counter() - start
+            return report
         finalize(tmp_dir, tmp_path, output)
+        report.written = True
         if table is not None:
             report.table_path = str(table_path_for(output))
             table.save(report.table_path)
@@ -446,7 +457,7 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     if len(plan.weighted) < 2:
         report.budget_met = False
         report.notes.append(f"no fallback is possible: the model has one quantizable layer ({report.budget} "
-                            f"not met); the best found is written")
+                            f"not met)")
         return set(keep), base
     ranking = []
     for i, layer in enumerate(plan.weighted, 1):
@@ -474,7 +485,7 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
             return kept, current
     report.budget_met = False
     report.notes.append(f"no fallback meets the budget ({report.budget}): with all but one quantized layer "
-                        f"in float the result still falls short; the best found is written")
+                        f"in float the result still falls short")
     return best_kept, best
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.table import Table
 
 from .compare import CompareReport
 from .errors import BadInputError
+from .files import atomic_path
 
 
 def _jsonable(value: Any) -> Any:
@@ -35,15 +35,9 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
         raise BadInputError(f"--json {path}: folder {path.parent} does not exist")
     if path.is_dir():
         raise BadInputError(f"--json {path}: is a folder; give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(data), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(_jsonable(data), handle, indent=2)
+        handle.write("\n")
     return path
 
 

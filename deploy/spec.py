@@ -3,18 +3,24 @@
 A spec is one of
   * a zoo name (``resnet18``);
   * ``package.module:factory`` importable from the current folder;
-  * ``path/to/file.py:factory`` — the file's folder goes first on ``sys.path``, so the user's own
-    packages (a top-level ``models`` among them) import as they do in their project;
+  * ``path/to/file.py:factory`` — a file inside a package (its folders hold ``__init__.py``) is imported
+    as that package's module, so its relative imports work; a loose file's folder goes first on
+    ``sys.path``, so the user's own packages (a top-level ``models`` among them) import as at home;
   * an ``.onnx`` file.
+A zoo name or a factory may take literal arguments: ``resnet50(num_classes=10)``,
+``path/to/resnet.py:resnet50(num_classes=10)``.
 Weights (``--weights``) load into torch specs from ``.pt/.pth`` (``torch.load(weights_only=True)``:
 checkpoints that would run code are refused) or ``.safetensors``.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import pickle
 import re
@@ -43,15 +49,37 @@ class Artifact:
     module: nn.Module | None = None
     onnx_path: Path | None = None
     num_classes: int | None = None
-    example_shape: tuple[int, ...] | None = None  # torch: the concrete input shape for export and FLOPs
+    example_shape: tuple[int, ...] | None = None  # torch: the first input's concrete shape (export, FLOPs)
     notes: list[str] = field(default_factory=list)  # how it was made, for reports
+    example_shapes: list[tuple[int, ...]] | None = None  # torch: every input's concrete shape, in input order
+    origin: dict | None = None  # how to load it again (spec, weights, shapes): a fresh process can
+
+    def __post_init__(self) -> None:
+        if self.example_shapes is None and self.example_shape is not None:
+            self.example_shapes = [tuple(self.example_shape)]
+        if self.example_shape is None and self.example_shapes:
+            self.example_shape = tuple(self.example_shapes[0])
 
     @property
     def input_shape(self) -> tuple[int | str, ...]:
         return self.inputs[0].shape
 
+    @property
+    def files(self) -> list[tuple[str, Path]]:
+        """The files this artifact was read from (for provenance and the inputs-are-sacred check)."""
+        found = [("model", self.onnx_path)] if self.onnx_path is not None else []
+        if self.origin:
+            if self.origin.get("file"):
+                found.append(("model code", Path(self.origin["file"])))
+            if self.origin.get("weights"):
+                found.append(("weights", Path(self.origin["weights"])))
+        return found
+
 
 _SHAPE_RE = re.compile(r"^\s*\d+(\s*[,x]\s*\d+)*\s*$")
+
+# --shape values: one unnamed shape (a one-input model) or name=dims per input
+Shapes = dict[str | None, tuple[int, ...]]
 
 
 def parse_shape(text: str | None) -> tuple[int, ...] | None:
@@ -63,6 +91,51 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     return tuple(int(d) for d in re.split(r"\s*[,x]\s*", text.strip()))
 
 
+def parse_shapes(values: list[str] | str | None) -> Shapes | None:
+    """Repeated ``--shape``: ``["1,3,224,224"]`` or ``["x=1,3,224,224", "y=1,10"]`` → {name or None: dims}.
+
+    An input named twice, or an unnamed shape beside others, is an error: the last one silently winning
+    is how a typo goes unnoticed."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        values = [values]
+    shapes: Shapes = {}
+    for text in values:
+        name, sep, dims = text.partition("=")
+        key = name.strip() if sep else None
+        if sep and not key:
+            raise BadInputError(f"--shape '{text}': give name=dims, like --shape input=1,3,224,224")
+        if key in shapes:
+            which = f"for input '{key}'" if key else "without an input name"
+            raise BadInputError(f"--shape given twice {which}; give each input's shape once "
+                                f"(--shape x=1,3,224,224 --shape y=1,10 for two inputs)")
+        shapes[key] = parse_shape(dims if sep else text)
+    if None in shapes and len(shapes) > 1:
+        raise BadInputError("--shape: name every input when giving several (--shape x=1,3,224,224 --shape y=1,10)")
+    return shapes or None
+
+
+def split_call(spec: str) -> tuple[str, tuple[list, dict] | None]:
+    """``"a.py:f(num_classes=10)"`` → ``("a.py:f", ([], {"num_classes": 10}))``: literal arguments only,
+    read with ``ast.literal_eval`` (nothing the user writes there is executed)."""
+    if not spec.rstrip().endswith(")") or "(" not in spec:
+        return spec, None
+    head, call = spec[:spec.index("(")], spec[spec.index("("):]
+    try:
+        node = ast.parse(f"f{call}", mode="eval").body  # a stand-in name: zoo names may hold "-"
+        if not isinstance(node, ast.Call):
+            raise ValueError("not a call")
+        args = [ast.literal_eval(a) for a in node.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+        if len(kwargs) != len(node.keywords):
+            raise ValueError("**kwargs")
+    except (SyntaxError, ValueError) as err:
+        raise BadInputError(f"'{spec}': the factory's arguments must be Python literals, like "
+                            f"resnet50(num_classes=10) or f(3, widths=[32, 64]) ({first_line(err)})") from None
+    return head, (args, kwargs)
+
+
 def is_onnx_spec(spec: str) -> bool:
     return spec.lower().endswith(".onnx")
 
@@ -71,54 +144,104 @@ def load_artifact(
     spec: str,
     *,
     weights: str | None = None,
-    shape: tuple[int, ...] | None = None,
+    shape: tuple[int, ...] | Shapes | None = None,
     realistic: bool = True,
 ) -> Artifact:
     """Resolve a spec to an artifact. Zoo models without weights get seeded weights and, with
     ``realistic``, realistic BN statistics (see :mod:`deploy.numerics`) so that every command that
-    names the same zoo model sees the same numbers."""
+    names the same zoo model sees the same numbers.
+
+    ``shape`` is one shape (a one-input model) or {input name: shape} (:func:`parse_shapes`)."""
+    shapes: Shapes | None = {None: tuple(shape)} if isinstance(shape, tuple) else shape
     if is_onnx_spec(spec):
         if weights:
             raise BadInputError(f"{spec}: --weights applies to PyTorch models; an ONNX file carries its weights")
-        return load_onnx_artifact(spec, shape)
-    if ":" in spec:
-        module, notes = _load_user_model(spec), [f"built by {spec}"]
-        if shape is None:
+        return load_onnx_artifact(spec, shapes)
+    head, call = split_call(spec)
+    args, kwargs = call or ([], {})
+    origin = {"spec": spec, "weights": weights, "shapes": {k or "": list(v) for k, v in (shapes or {}).items()}}
+    if ":" in head:
+        module, notes, file = _load_user_model(spec, head, args, kwargs)
+        origin["file"] = file
+        if not shapes:
             raise BadInputError(f"{spec}: give the input shape of a user model with --shape, e.g. --shape 1,3,224,224")
-        num_classes = None
+        num_classes = kwargs.get("num_classes") if isinstance(kwargs.get("num_classes"), int) else None
     else:
         try:
-            entry = get_model_entry(spec)
+            entry = get_model_entry(head)
         except UnknownModelError as err:
-            if Path(spec).exists() or "/" in spec or "." in spec:
+            if Path(head).exists() or "/" in head or "." in head:
                 raise BadInputError(
                     f"{spec}: not a zoo name, an .onnx file or a module:factory spec "
                     f"(a Python file is given as path/to/file.py:factory)"
                 ) from None
             raise BadInputError(str(err)) from None
-        module, num_classes = create_model(spec), entry.num_classes
+        if args:
+            raise BadInputError(f"'{spec}': a zoo model takes keyword arguments only, like {head}(num_classes=10)")
+        try:
+            module = create_model(head, **kwargs)
+        except TypeError as err:
+            raise BadInputError(f"'{spec}': {first_line(err)}") from None
+        num_classes = kwargs.get("num_classes", entry.num_classes)
         notes = [f"zoo {spec}"]
-        shape = shape or entry.input_shape
+        shapes = shapes or {None: entry.input_shape}
+    specs, examples = _torch_inputs(module, shapes, spec)
     if weights:
         load_weights(module, weights)
         notes.append(f"weights {weights}")
-    elif realistic and ":" not in spec:
+    elif realistic and ":" not in head:
         from .numerics import make_realistic
 
         try:
-            make_realistic(module, shape)
+            make_realistic(module, examples[0])
         except Exception as err:
-            raise BadInputError(f"{spec}: the model does not run on input shape {tuple(shape)}: "
+            raise BadInputError(f"{spec}: the model does not run on input shape {tuple(examples[0])}: "
                                 f"{first_line(err)}") from None
         notes.append("seeded random weights, BN statistics from the bundled photos")
-    # a module takes any batch: the spec's batch dim is symbolic; the concrete shape is kept for export
-    inputs = [TensorSpec("input", ("batch", *shape[1:]))]
-    return Artifact(spec, "torch", inputs, module=module.eval(), num_classes=num_classes,
-                    example_shape=tuple(shape), notes=notes)
+    return Artifact(spec, "torch", specs, module=module.eval(), num_classes=num_classes, notes=notes,
+                    example_shapes=examples, origin=origin)
 
 
-def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> Artifact:
-    """Read an ONNX file's input specs; a missing, truncated or invalid file is a one-line error."""
+def _forward_inputs(module: nn.Module) -> tuple[list[str], int]:
+    """Names of forward()'s positional parameters, and how many of them have no default."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return [], 1
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(1 for p in positional if p.default is p.empty)
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return [p.name for p in positional], max(required, 1)
+    return [p.name for p in positional], required
+
+
+def _torch_inputs(module: nn.Module, shapes: Shapes, spec: str) -> tuple[list[TensorSpec], list[tuple[int, ...]]]:
+    """Input specs (batch dim symbolic: a module takes any batch) and concrete example shapes, in the
+    order forward() takes them. One unnamed shape names the input ``input`` (the exporter's name)."""
+    names, required = _forward_inputs(module)
+    if None in shapes:
+        if required > 1:
+            listed = ", ".join(names[:required])
+            raise BadInputError(f"'{spec}': forward() takes {required} inputs ({listed}); give each its shape: "
+                                + " ".join(f"--shape {n}=…" for n in names[:required]))
+        ordered = [("input", shapes[None])]
+    else:
+        unknown = [n for n in shapes if n not in names]
+        if unknown and names:
+            raise BadInputError(f"'{spec}': --shape names {', '.join(map(repr, unknown))}, but forward() takes "
+                                f"{', '.join(names) or 'no named inputs'}")
+        missing = [n for n in names[:required] if n not in shapes]
+        if missing:
+            raise BadInputError(f"'{spec}': no --shape for input(s) {', '.join(missing)} of forward()")
+        ordered = [(n, shapes[n]) for n in names if n in shapes] if names else list(shapes.items())
+    specs = [TensorSpec(name, ("batch", *dims[1:])) for name, dims in ordered]
+    return specs, [tuple(dims) for _, dims in ordered]
+
+
+def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes | None = None) -> Artifact:
+    """Read an ONNX file's input specs; a missing, truncated or invalid file is a one-line error.
+
+    ``shape`` fills the free dims of the inputs (a dynamic batch stays dynamic)."""
     import onnx
 
     path = Path(path)
@@ -142,15 +265,18 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | None = 
         inputs.append(TensorSpec(value.name, tuple(dims), dtype))
     if not inputs:
         raise BadInputError(f"{path}: the graph has no inputs")
-    if shape is not None:
-        if len(inputs) != 1 or len(shape) != len(inputs[0].shape):
-            raise BadInputError(f"{path}: --shape {shape} does not fit the inputs {[s.shape for s in inputs]}")
-        for axis, (want, have) in enumerate(zip(shape, inputs[0].shape)):
-            if isinstance(have, int) and have > 0 and have != want:
-                raise BadInputError(f"{path}: --shape {shape} conflicts with the file's fixed dim {axis} = {have}")
-        keep_batch = inputs[0].dynamic_batch  # --shape fills the free dims; a dynamic batch stays dynamic
-        dims = ((inputs[0].shape[0],) if keep_batch else (shape[0],)) + tuple(shape[1:])
-        inputs = [TensorSpec(inputs[0].name, dims, inputs[0].dtype)]
+    shapes: Shapes | None = {None: tuple(shape)} if isinstance(shape, tuple) else shape
+    if shapes:
+        if None in shapes:
+            if len(inputs) != 1:
+                raise BadInputError(f"{path}: the model has {len(inputs)} inputs; give each its shape: "
+                                    + " ".join(f"--shape {s.name}=…" for s in inputs))
+            shapes = {inputs[0].name: shapes[None]}
+        unknown = [n for n in shapes if n not in {s.name for s in inputs}]
+        if unknown:
+            raise BadInputError(f"{path}: --shape names {', '.join(map(repr, unknown))}; the inputs are "
+                                f"{', '.join(s.name for s in inputs)}")
+        inputs = [_fill_dims(path, s, shapes[s.name]) if s.name in shapes else s for s in inputs]
     outputs = model.graph.output
     num_classes = None
     if len(outputs) == 1 and len(outputs[0].type.tensor_type.shape.dim) == 2:
@@ -159,27 +285,81 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | None = 
     return Artifact(str(path), "onnx", inputs, onnx_path=path, num_classes=num_classes, notes=[f"ONNX file {path}"])
 
 
-def _load_user_model(spec: str) -> nn.Module:
-    target, _, attr = spec.rpartition(":")
+def _fill_dims(path: Path, spec: TensorSpec, shape: tuple[int, ...]) -> TensorSpec:
+    if len(shape) != len(spec.shape):
+        raise BadInputError(f"{path}: --shape {shape} does not fit input '{spec.name}' of shape {spec.shape}")
+    for axis, (want, have) in enumerate(zip(shape, spec.shape)):
+        if isinstance(have, int) and have > 0 and have != want:
+            raise BadInputError(f"{path}: --shape {shape} conflicts with the file's fixed dim {axis} = {have}")
+    keep_batch = spec.dynamic_batch  # --shape fills the free dims; a dynamic batch stays dynamic
+    dims = ((spec.shape[0],) if keep_batch else (shape[0],)) + tuple(shape[1:])
+    return TensorSpec(spec.name, dims, spec.dtype)
+
+
+def _package_module(path: Path) -> tuple[Path, str] | None:
+    """For a file inside a package (folders holding ``__init__.py``): the folder above the package root,
+    and the file's dotted module name. None for a loose file."""
+    parts, folder = [path.stem], path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not all(p.isidentifier() for p in parts):
+        return None
+    return folder, ".".join(parts)
+
+
+def _import_file(path: Path, spec: str):
+    """Import a user's file: as its package's module when it sits in a package (relative imports then
+    work), else as a loose module with its folder first on sys.path."""
+    package = _package_module(path)
+    if package is not None:
+        root, dotted = package
+        top = dotted.split(".")[0]
+        loaded = sys.modules.get(top)
+        if loaded is not None and getattr(loaded, "__file__", None) and \
+                Path(loaded.__file__).resolve().parent.parent != root.resolve():
+            raise BadInputError(f"{path}: its package '{top}' clashes with another package of that name already "
+                                f"imported ({loaded.__file__}); rename one of them")
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        try:
+            return importlib.import_module(dotted)
+        except Exception as err:
+            raise BadInputError(f"{path}: importing it as {dotted} (package root {root}) failed: "
+                                f"{type(err).__name__}: {first_line(err)}") from None
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # so the file's sibling packages (e.g. its own `models`) import
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+    name = f"_deploy_user_{path.stem}_{digest}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except ImportError as err:
+        sys.modules.pop(name, None)
+        hint = (" (a relative import needs the file's folder to be a package: add an __init__.py beside it)"
+                if "relative import" in str(err) else "")
+        raise BadInputError(f"{path}: importing it failed: {type(err).__name__}: {first_line(err)}{hint}") from None
+    except Exception as err:
+        sys.modules.pop(name, None)
+        raise BadInputError(f"{path}: importing it failed: {type(err).__name__}: {first_line(err)}") from None
+    return module
+
+
+def _load_user_model(spec: str, head: str, args: list, kwargs: dict) -> tuple[nn.Module, list[str], str | None]:
+    target, _, attr = head.rpartition(":")
     if not target or not attr.isidentifier():
         raise BadInputError(f"'{spec}': a user model is given as package.module:factory or path/to/file.py:factory")
+    file = None
     if target.endswith(".py") or os.sep in target or "/" in target:
         path = Path(target)
         if not path.is_file():
             raise BadInputError(f"{path}: no such file (model spec '{spec}')")
-        folder = str(path.resolve().parent)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)  # so the file's sibling packages (e.g. its own `models`) import
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]
-        name = f"_deploy_user_{path.stem}_{digest}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            sys.modules.pop(name, None)
-            raise BadInputError(f"{path}: importing it failed: {type(err).__name__}: {err}") from None
+        path = path.resolve()
+        file = str(path)
+        module = _import_file(path, spec)
     else:
         cwd = os.getcwd()
         if cwd not in sys.path:
@@ -194,20 +374,26 @@ def _load_user_model(spec: str) -> nn.Module:
                                 ) from None
         except Exception as err:
             raise BadInputError(f"'{spec}': importing {target} failed: {type(err).__name__}: {err}") from None
+        file = getattr(module, "__file__", None)
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise BadInputError(f"'{spec}': {target} has no callable '{attr}' (it has: {', '.join(public[:10])})")
+        public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                        and getattr(v, "__module__", None) == module.__name__)
+        close = difflib.get_close_matches(attr, public, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise BadInputError(f"'{spec}': {target} has no callable '{attr}'; {hint}it defines {len(public)}: "
+                            f"{_few(public, 8)}")
+    call = f"{attr}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])})"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # deterministic random init, so repeated loads agree
         try:
-            model = factory()
+            model = factory(*args, **kwargs)
         except Exception as err:
-            raise BadInputError(f"'{spec}': {attr}() failed: {type(err).__name__}: {first_line(err)} "
-                                f"(the factory is called with no arguments)") from None
+            hint = "" if args or kwargs else " (arguments go in the spec: file.py:factory(num_classes=10))"
+            raise BadInputError(f"'{spec}': {call} failed: {type(err).__name__}: {first_line(err)}{hint}") from None
     if not isinstance(model, nn.Module):
-        raise BadInputError(f"'{spec}': {attr}() returned {type(model).__name__}, not a torch.nn.Module")
-    return model.eval()
+        raise BadInputError(f"'{spec}': {call} returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval(), [f"built by {spec}"], file
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

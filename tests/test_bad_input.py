@@ -153,7 +153,7 @@ def test_batch_baked_into_a_user_model(cli, tmp_path):
     src = tmp_path / "flat.py"
     src.write_text("import torch\nclass M(torch.nn.Module):\n    def forward(self, x):\n"
                    "        return x.reshape(1, 192) * 2\ndef make():\n    return M()\n")
-    result = cli("check", f"{src}:make", f"{src}:make", "--shape", "1,3,8,8", "--inputs", "4")
+    result = cli("check", f"{src}:make", f"{src}:make", "--shape", "1,3,8,8", "--samples", "4")
     assert result.exit_code == 2 and "baked into the model" in result.stderr
 
 
@@ -161,4 +161,4 @@ def test_outputs_that_are_folders_and_bad_batches(cli, tiny_onnx, tmp_path):
     folder = tmp_path / "dir.onnx"
     folder.mkdir()
     assert_clean_failure(cli("export", "tiny-resnet", "-o", folder), None, "is a folder")
-    assert_clean_failure(cli("check", tiny_onnx, tiny_onnx, "--batch", "-2"), None, "--batch -2")
+    assert_clean_failure(cli("check", tiny_onnx, tiny_onnx, "--run-batch", "-2"), None, "--run-batch -2")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo"]
+VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo", "digits"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -55,7 +55,7 @@ def test_check_fixed_batch_file_and_static_export(cli, tmp_path):
     path = tmp_path / "static.onnx"
     result = cli("export", "tiny-convnet", "-o", path, "--static", "--shape", "2,3,32,32")
     assert result.exit_code == 0, result.output
-    result = cli("check", "tiny-convnet", path, "--inputs", "5", "--json", tmp_path / "r.json")
+    result = cli("check", "tiny-convnet", path, "--samples", "5", "--json", tmp_path / "r.json")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "r.json").read_text())["samples"] == 6  # rounded up to whole batches of 2
 
@@ -144,5 +144,5 @@ def test_nested_outputs_are_all_compared(cli, tmp_path):
 
 
 def test_shape_on_a_dynamic_batch_file_keeps_the_batch_free(cli, tiny_onnx, tmp_path):
-    result = cli("check", "tiny-resnet", tiny_onnx, "--shape", "1,3,32,32", "--inputs", "8", "--batch", "4")
+    result = cli("check", "tiny-resnet", tiny_onnx, "--shape", "1,3,32,32", "--samples", "8", "--run-batch", "4")
     assert result.exit_code == 0, result.output

@@ -26,7 +26,7 @@ def auto_run(cli, tiny_onnx, tmp_path_factory):
 def test_auto_tournament_writes_the_best_and_every_score(auto_run, tiny_onnx):
     result, out, report = auto_run
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[-1].startswith("QUANTIZED")
+    assert result.output.splitlines()[-1].startswith("PASSED")
     labels = [s["label"] for s in report["scores"]]
     assert labels == ["minmax", "percentile-99.9", "percentile-99.99", "percentile-99.999", "entropy", "mse"]
     best = max(report["scores"], key=lambda s: s["centred_sqnr_db"])
@@ -49,7 +49,7 @@ def test_ranges_table_sits_beside_the_model_and_matches_the_plan(auto_run, tiny_
 
 def test_quantized_model_passes_an_int8_check(cli, auto_run, tiny_onnx):
     _, out, _ = auto_run
-    result = cli("check", tiny_onnx, out, "--precision", "int8", "--inputs", "16")
+    result = cli("check", tiny_onnx, out, "--precision", "int8", "--samples", "16")
     assert result.exit_code == 0, result.output
     assert "PASSED" in result.output
 
@@ -68,12 +68,12 @@ def test_trt_target_and_calibration_cache(cli, tiny_onnx, tmp_path):
     assert zero_points  # every activation Q carries an explicit int8 zero point (checked in test_qdq)
 
 
-def test_unmeetable_budget_writes_best_found_and_exits_1(cli, tiny_onnx, tmp_path):
+def test_unmeetable_budget_keeps_best_found_on_request_and_exits_1(cli, tiny_onnx, tmp_path):
     out = tmp_path / "b.onnx"
     result = cli("quantize", tiny_onnx, "-o", out, "--method", "minmax", *FAST, "--min-sqnr", "200",
-                 "--json", tmp_path / "b.json")
+                 "--json", tmp_path / "b.json", "--keep-failed")
     assert result.exit_code == 1, result.output
-    assert out.exists() and "BUDGET NOT MET" in result.output
+    assert out.exists() and result.output.strip().splitlines()[-1].startswith("FAILED")
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["budget_met"] is False
     assert len(report["sensitivity"]) == 7  # 6 convs + the Gemm, each kept in float alone
@@ -102,13 +102,13 @@ def test_empty_and_non_image_calibration_folders(cli, tiny_onnx, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "x.onnx"
-    result = cli("quantize", tiny_onnx, "-o", out, "--calib", empty)
+    result = cli("quantize", tiny_onnx, "-o", out, "--data", empty)
     assert result.exit_code == 2 and "no images" in result.output
     texts = tmp_path / "texts"
     texts.mkdir()
     (texts / "a.txt").write_text("not an image")
     (texts / "b.jpg").write_text("not a jpeg either")
-    result = cli("quantize", tiny_onnx, "-o", out, "--calib", texts)
+    result = cli("quantize", tiny_onnx, "-o", out, "--data", texts)
     assert result.exit_code == 2 and "could be read" in result.output
     assert not out.exists() and not list(tmp_path.glob(".x.onnx*"))
 
@@ -128,11 +128,11 @@ def test_npz_calibration_and_bad_choices(cli, tiny_onnx, tmp_path):
     data = tmp_path / "calib.npz"
     np.savez(data, input=rng.normal(size=(40, 3, 32, 32)).astype(np.float32))
     out = tmp_path / "n.onnx"
-    result = cli("quantize", tiny_onnx, "-o", out, "--calib", data, "--method", "mse", *FAST)
+    result = cli("quantize", tiny_onnx, "-o", out, "--data", data, "--method", "mse", *FAST)
     assert result.exit_code == 0, result.output
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, input=np.zeros((4, 1, 32, 32), np.float32))
-    result = cli("quantize", tiny_onnx, "-o", out, "--calib", wrong)
+    result = cli("quantize", tiny_onnx, "-o", out, "--data", wrong)
     assert result.exit_code == 2 and "wrong.npz" in result.output
     for flag, value in (("--method", "kl"), ("--target", "tpu"), ("--precision", "int4")):
         result = cli("quantize", tiny_onnx, "-o", out, flag, value)
@@ -140,7 +140,7 @@ def test_npz_calibration_and_bad_choices(cli, tiny_onnx, tmp_path):
 
 
 def test_demo_int8_rows_and_markdown_report(cli, tmp_path):
-    result = cli("demo", "--models", "tiny-resnet", "--fuse-model", "", "--int8", "tiny-resnet", "--inputs", "4",
+    result = cli("demo", "--models", "tiny-resnet", "--fuse-model", "", "--int8", "tiny-resnet", "--samples", "4",
                  "--out", tmp_path)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo.json").read_text())
@@ -188,7 +188,7 @@ def test_budgets_on_models_that_cannot_meet_them(cli, tmp_path):
     one = _one_conv_model(tmp_path / "one.onnx", classifier=True)
     result = cli("quantize", one, "-o", tmp_path / "one.int8.onnx", *FAST, "--min-sqnr", "200")
     assert result.exit_code == 1 and "one quantizable layer" in result.output
-    assert (tmp_path / "one.int8.onnx").exists()  # the best found is written
+    assert not (tmp_path / "one.int8.onnx").exists()  # a FAILED verdict writes nothing without --keep-failed
     maps = _one_conv_model(tmp_path / "maps.onnx", classifier=False)
     result = cli("quantize", maps, "-o", tmp_path / "maps.int8.onnx", *FAST, "--max-drop", "1")
     assert result.exit_code == 2 and "--min-sqnr" in result.output

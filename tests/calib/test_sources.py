@@ -131,7 +131,7 @@ def test_image_sources_need_fixed_4d_inputs(tmp_path):
     write_pngs(tmp_path, 1)
     with pytest.raises(DataSourceError, match="4-D model input"):
         load_samples(str(tmp_path), (1, 3, 8), n=1)
-    with pytest.raises(DataSourceError, match="symbolic image dims"):
+    with pytest.raises(DataSourceError, match="free image dims"):
         load_samples(str(tmp_path), ("N", 3, "H", "W"), n=1)
 
 

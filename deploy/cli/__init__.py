@@ -1,0 +1,19 @@
+"""The `deploy` command line: a thin shell, one module per verb (or verb family) registering on one typer
+app (DESIGN.md §6). Each verb parses, guards its paths, delegates to the library and renders; the shared
+option types live in :mod:`deploy.cli.options`, so a shared option is the same object in every verb.
+
+Exit codes: 0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing ·
+4 internal error.
+"""
+
+from __future__ import annotations
+
+from . import bench, check, demo, export, fuse, info, quantize  # noqa: F401  registering the verbs
+from .app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console entry point (click reports usage errors with exit code 2)."""
+    app()

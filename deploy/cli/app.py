@@ -1,0 +1,183 @@
+"""The typer app every verb module registers on, and what the verbs share: the consoles, error handling
+(one line, an exit code), loading a model spec, path guarding, and the end of a judging verb.
+
+Exit codes: 0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing ·
+4 internal error.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError
+
+app = typer.Typer(
+    name="deploy",
+    help="Make PyTorch vision models fast to serve without changing what they compute.\n\n"
+         "A MODEL is a zoo name (resnet18; see `deploy zoo`), package.module:factory, "
+         "path/to/file.py:factory (literal arguments allowed: file.py:resnet50(num_classes=10)), or an .onnx "
+         "file.\n\nExit codes: 0 ok, 1 a check failed, 2 bad input, 3 a dependency or device is missing, "
+         "4 a bug in deploy.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Pipes and CI logs get wide tables instead of rich's 80-column default, so numbers are never cut.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
+err = Console(stderr=True, highlight=False)
+
+# the running verb and its parsed options, for the provenance block of its JSON report
+_current: contextvars.ContextVar[tuple[str, dict]] = contextvars.ContextVar("deploy_verb", default=("", {}))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deploy {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print deploy's version and exit.")] = False,
+) -> None:
+    """Make PyTorch vision models fast to serve without changing what they compute."""
+
+
+def handle_errors(fn):
+    """Turn our errors into one line on stderr and their exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _current.set((fn.__name__, dict(kwargs)))
+        try:
+            return fn(*args, **kwargs)
+        except CheckFailedError as error:
+            typer.echo(str(error), err=False)
+            raise typer.Exit(error.exit_code) from None
+        except DeployError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except typer.Exit:
+            raise
+        except OSError as error:  # unreadable/unwritable paths, full disks
+            where = f" ({error.filename})" if error.filename else ""
+            typer.echo(f"error: {error.strerror or error}{where}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except Exception as error:
+            if os.environ.get("DEPLOY_DEBUG"):
+                raise
+            text = (str(error).strip().splitlines() or [""])[0][:240]
+            typer.echo(f"error: internal error {type(error).__name__}: {text} (a bug in deploy; DEPLOY_DEBUG=1 "
+                       f"shows the traceback)", err=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            _current.reset(token)
+
+    return wrapper
+
+
+def verb(**command_options):
+    """``@verb(epilog=…)``: register a function as a verb, with the shared error handling."""
+    def register(fn):
+        return app.command(**command_options)(handle_errors(fn))
+    return register
+
+
+# --- inputs and outputs --------------------------------------------------------------------------------
+def spec_inputs(role: str, spec: str | None) -> list[tuple[str, str | None]]:
+    """What a model spec reads, as (role, path) pairs: the spec itself (an .onnx file is a path; a zoo name
+    is recorded by name), and the .py of path/to/file.py:factory."""
+    if spec is None:
+        return []
+    from ..spec import is_onnx_spec, split_call
+
+    if is_onnx_spec(spec):
+        return [(role, spec)]
+    head, _ = split_call(spec)
+    target = head.rpartition(":")[0]
+    return [(role, spec)] + ([(f"{role} code", target)] if target.endswith(".py") else [])
+
+
+def data_file(data: str | None) -> str | None:
+    return data if data and data not in ("photos", "random", "auto") else None
+
+
+def guard(inputs: list[tuple[str, str | os.PathLike | None]], outputs: list[tuple[str, Path | None]]) -> None:
+    """Before any work: no output may be an input or another output, and every output folder is writable."""
+    from ..files import check_paths
+
+    check_paths(inputs, outputs)
+
+
+def load(spec: str, weights: str | None = None, shape: list[str] | None = None):
+    from ..spec import load_artifact, parse_shapes
+
+    shapes = parse_shapes(shape)
+    with err.status(f"loading {spec}", spinner="dots"):
+        return load_artifact(spec, weights=weights, shape=shapes)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The one --threads default of every verb: the physical cores this process may use."""
+    from ..environment import default_threads
+    from ..errors import BadInputError
+
+    if threads is not None and threads < 1:
+        raise BadInputError(f"--threads {threads}: must be at least 1")
+    return threads or default_threads()
+
+
+def data_arg(data: str, artifact) -> str | None:
+    """--data as the harness takes it: None for random inputs; 'auto' → photos for one image input."""
+    if data == "random":
+        return None
+    if data == "auto":
+        spec = artifact.inputs[0]
+        image_like = len(artifact.inputs) == 1 and len(spec.shape) == 4 and spec.shape[1] in (1, 3)
+        return "photos" if image_like else None
+    return data
+
+
+def write_report(json_path: Path | None, data: dict, *, inputs=(), outputs=(), threads: int | None = None) -> None:
+    """The JSON report, with its provenance block (version, command, time, file hashes, machine)."""
+    if not json_path:
+        return
+    from ..provenance import provenance
+    from ..report import write_json
+
+    command, params = _current.get()
+    data = dict(data)
+    data["provenance"] = provenance(list(inputs), list(outputs), command=command, params=params, threads=threads)
+    write_json(json_path, data)
+
+
+def finish(report, json_path: Path | None, *, inputs=(), outputs=(), threads: int | None = None) -> None:
+    """The end of a judging verb: the JSON report when asked, the one-line verdict, exit 1 when not passed."""
+    write_report(json_path, report.to_dict(), inputs=inputs, outputs=outputs, threads=threads)
+    typer.echo(report.summary())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def show_failed_check(error: CheckFailedError, json_path: Path | None, *, inputs=(), threads=None) -> None:
+    """Before a failed export/fuse exits 1: the comparison table, and the JSON report when asked."""
+    from ..report import print_compare
+
+    failed = getattr(error, "report", None)
+    if failed is not None and failed.check is not None:
+        print_compare(failed.check, out)
+        write_report(json_path, failed.to_dict(), inputs=inputs, threads=threads)

@@ -1,0 +1,113 @@
+"""`deploy bench`: latency side by side, interleaved; with --max-ratio, a verdict CI can fail on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import BadInputError
+from .app import err, finish, guard, load, out, resolve_threads, spec_inputs, verb
+from .options import Json, Shape, Threads, Weights, WeightsB, examples
+
+
+@verb(epilog=examples(
+    "deploy bench resnet18 resnet18.onnx --backend torch-cpu,ort-cpu --batch 1,8 --json out.json --plot out.png",
+    "deploy bench a.onnx b.onnx --backend ort-cpu --threads 4 --min-runs 100 --csv out.csv --md out.md",
+    "deploy bench fp32.onnx int8.onnx --max-ratio 0.8    # exit 1 unless int8 takes ≤ 0.8× the fp32 time"))
+def bench(
+    artifacts: Annotated[list[str], typer.Argument(help="Model specs and/or .onnx files; the first is the baseline "
+                         "of the ratios.")],
+    backend: Annotated[str, typer.Option("--backend", help="Comma-separated backends: torch-cpu, ort-cpu, "
+                       "torch-cuda, ort-cuda. A model spec on an ort-* backend is exported first.")] = "ort-cpu",
+    batch: Annotated[str, typer.Option("--batch", help="Batch sizes to time, comma-separated, e.g. 1,8 (each is "
+                     "the batch dim of every run).")] = "1",
+    weights: Weights = None,
+    weights_b: WeightsB = None,
+    shape: Shape = None,
+    threads: Threads = None,
+    max_ratio: Annotated[float | None, typer.Option("--max-ratio", help="Fail (exit 1, last line FAILED) when any "
+                         "entry's latency ratio to its group's first entry is above this, e.g. 1.05 to allow 5 % "
+                         "slower, 0.8 to demand 1.25× faster.")] = None,
+    warmup: Annotated[str, typer.Option(help="auto (until the median of the last runs is stable), a number of "
+                      "runs (20), or seconds (2s).")] = "auto",
+    min_runs: Annotated[int, typer.Option(help="Timed rounds at least.")] = 30,
+    min_time: Annotated[float, typer.Option(help="Seconds of timed rounds at least.")] = 3.0,
+    max_time: Annotated[float, typer.Option(help="Stop a group after this many seconds even short of "
+                        "--min-runs.")] = 60.0,
+    memory: Annotated[str, typer.Option(help="fresh: each entry's peak memory measured in its own new process "
+                      "(independent of run order); inline: in this process, after the entries before it; "
+                      "off.")] = "fresh",
+    include_copies: Annotated[bool, typer.Option(help="CUDA: time host↔device copies too.")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(help="torch-cuda: replay a captured CUDA graph.")] = False,
+    per_artifact: Annotated[bool, typer.Option(help="Interleave each artifact's backends as its own group "
+                            "(ratios to its first backend) instead of all entries together.")] = False,
+    ort_spinning: Annotated[bool, typer.Option(help="Let ONNX Runtime's idle threads spin (its default). Off "
+                            "here: spinning threads steal the cores of the entries interleaved with them.")] = False,
+    gap_ms: Annotated[float, typer.Option(help="Idle milliseconds before each timed run, so one runtime's "
+                      "lingering threads do not slow the next entry.")] = 10.0,
+    json_path: Json = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write the results as CSV.")] = None,
+    md_path: Annotated[Path | None, typer.Option("--md", help="Write the results as a Markdown table.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG chart: latency per artifact and "
+                    "batch, p90 whiskers.")] = None,
+) -> None:
+    """Latency side by side: artifacts interleaved in rounds (A B A B …) on each backend and batch size.
+
+    Reports median, p90, p99, mean, std, min and throughput, and each entry's ratio to the first with a
+    95% bootstrap interval over rounds ("same" when the interval contains 1). The machine (CPU flags,
+    threads, library versions, GPU) is in every report. --weights loads into the first artifact,
+    --weights-b into the second.
+    """
+    from ..backends import parse_backend_list
+    from ..bench import BenchConfig, Warmup, format_ratio, parse_batches, run_bench, speedup_text
+    from ..files import write_text_atomic
+
+    if min_runs < 1 or min_time < 0 or max_time <= 0 or gap_ms < 0:
+        raise BadInputError("--min-runs must be ≥ 1, --min-time ≥ 0, --max-time > 0 and --gap-ms ≥ 0")
+    if max_ratio is not None and max_ratio <= 0:
+        raise BadInputError(f"--max-ratio {max_ratio}: must be > 0 (a ratio of latencies, e.g. 1.05)")
+    if weights_b is not None and len(artifacts) < 2:
+        raise BadInputError("--weights-b loads into the second artifact; only one was given")
+    inputs = [pair for i, spec in enumerate(artifacts) for pair in spec_inputs(f"ARTIFACT {i + 1}", spec)]
+    inputs += [("--weights", weights), ("--weights-b", weights_b)]
+    outputs = [("--json", json_path), ("--csv", csv_path), ("--md", md_path), ("--plot", plot)]
+    guard(inputs, outputs)
+    backends = parse_backend_list(backend)
+    threads = resolve_threads(threads)
+    config = BenchConfig(batches=parse_batches(batch), threads=threads, warmup=Warmup.parse(warmup),
+                         min_runs=min_runs, min_time=min_time, max_time=max_time, include_copies=include_copies,
+                         cuda_graphs=cuda_graphs, per_artifact=per_artifact, ort_spinning=ort_spinning,
+                         gap=gap_ms / 1e3, memory=memory)
+    checkpoints = {0: weights, 1: weights_b}
+    specs = [(spec, load(spec, checkpoints.get(i), shape)) for i, spec in enumerate(artifacts)]
+    with err.status("benchmarking", spinner="dots") as status:
+        report = run_bench(specs, backends, config, tick=lambda msg: status.update(msg))
+    report.max_ratio = max_ratio
+    env = report.environment
+    table = Table(title=f"deploy bench — {env['cpu']['model']} "
+                        f"({', '.join(env['cpu']['flags']) or 'no AVX-512/VNNI/AMX'}), {env['threads']} threads")
+    table.add_column("artifact @ backend", overflow="fold", max_width=48)  # long paths wrap, numbers never do
+    for col in ("batch", "median ms", "p90 ms", "p99 ms", "mean ± std ms", "min ms", "items/s", "ratio [95% CI]", "",
+                "RSS MB"):
+        table.add_column(col, justify="left" if col == "" else "right", no_wrap=True)
+    for r in report.results:
+        s = r.stats
+        table.add_row(r.label, str(r.batch), f"{s.median * 1e3:.2f}", f"{s.p90 * 1e3:.2f}", f"{s.p99 * 1e3:.2f}",
+                      f"{s.mean * 1e3:.2f} ± {s.std * 1e3:.2f}", f"{s.min * 1e3:.2f}", f"{r.throughput:.1f}",
+                      format_ratio(r), speedup_text(r), "-" if r.rss_mb is None else f"{r.rss_mb:.0f}")
+    out.print(table)
+    for note in report.notes:
+        out.print(f"note: {note}", markup=False)
+    if csv_path:
+        write_text_atomic(csv_path, report.to_csv())
+    if md_path:
+        write_text_atomic(md_path, report.to_markdown())
+    if plot:
+        from ..plot import plot_latency
+
+        plot_latency(report, plot)
+        out.print(f"chart: {plot}", markup=False)
+    finish(report, json_path, inputs=inputs, outputs=outputs[1:], threads=threads)

@@ -1,0 +1,85 @@
+"""`deploy check`: two artifacts on the same inputs, every output judged; the verb CI runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .app import data_arg, data_file, err, finish, guard, load, out, resolve_threads, spec_inputs, verb
+from .options import (
+    Data,
+    Json,
+    OldBatch,
+    OldInputs,
+    OldWeightsA,
+    RunBatch,
+    Samples,
+    Shape,
+    Threads,
+    Weights,
+    WeightsB,
+    examples,
+    renamed,
+)
+
+
+@verb(epilog=examples(
+    "deploy check resnet18 resnet18.onnx",
+    "deploy check a.onnx b.onnx --data ./val_images --samples 64 --precision fp16 --json report.json",
+    "deploy check net.onnx net_fused.onnx --tol max_rel=1e-4 --tol logits:min_cosine=0.9999"))
+def check(
+    reference: Annotated[str, typer.Argument(help="Reference artifact: model spec or .onnx.")],
+    candidate: Annotated[str, typer.Argument(help="Candidate artifact: model spec or .onnx.")],
+    weights: Weights = None,
+    weights_b: WeightsB = None,
+    shape: Shape = None,
+    backend_a: Annotated[str | None, typer.Option("--backend-a", help="Backend for the reference "
+                         "(default: torch-cpu for models, ort-cpu for .onnx). `deploy backends` lists them.")] = None,
+    backend_b: Annotated[str | None, typer.Option("--backend-b", help="Backend for the candidate.")] = None,
+    precision: Annotated[str, typer.Option(help="Tolerance preset: fp32 (max rel ≤ 1e-5), fp16 (cosine ≥ 0.9999 "
+                         "and max rel ≤ 1e-2), int8 (cosine ≥ 0.99).")] = "fp32",
+    tol: Annotated[list[str] | None, typer.Option("--tol", help="Override a threshold, for all outputs or one: "
+                   "max_rel=1e-4, logits:min_cosine=0.999. Keys: max_rel, max_abs, min_cosine, min_sqnr_db, "
+                   "min_top1. Repeatable.")] = None,
+    data: Data = "auto",
+    samples: Samples = 8,
+    run_batch: RunBatch = None,
+    seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    threads: Threads = None,
+    json_path: Json = None,
+    old_weights_a: OldWeightsA = None,
+    old_inputs: OldInputs = None,
+    old_batch: OldBatch = None,
+) -> None:
+    """Run two artifacts on the same inputs and compare every output.
+
+    Metrics per output: max abs, max relative (max|a−b| / max|a|), lowest per-sample cosine, SQNR and
+    mean-centred SQNR (dB), top-1 agreement. Exit 0 when every output is within tolerance, 1 when not.
+    The last line starts with PASSED or FAILED.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ..backends import get_runner_class
+    from ..harness import check_artifacts
+    from ..report import print_compare
+
+    weights = renamed(weights, old_weights_a, "--weights-a")
+    samples = renamed(samples, old_inputs, "--inputs", default=8)
+    run_batch = renamed(run_batch, old_batch, "--batch")
+    inputs = [*spec_inputs("REFERENCE", reference), *spec_inputs("CANDIDATE", candidate), ("--weights", weights),
+              ("--weights-b", weights_b), ("--data", data_file(data))]
+    guard(inputs, [("--json", json_path)])
+    for name in (backend_a, backend_b):
+        if name:
+            get_runner_class(name)
+    threads = resolve_threads(threads)
+    a = load(reference, weights, shape)
+    b = load(candidate, weights_b, shape)
+    with Progress(TextColumn("running"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("run", total=None)
+        report = check_artifacts(a, b, backend_reference=backend_a, backend_candidate=backend_b, samples=samples,
+                                 batch=run_batch, data=data_arg(data, a), seed=seed, precision=precision,
+                                 overrides=tol or [], threads=threads, tick=lambda: bar.advance(task))
+    print_compare(report, out)
+    finish(report, json_path, inputs=inputs, threads=threads)

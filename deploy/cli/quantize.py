@@ -1,0 +1,132 @@
+"""`deploy quantize` (int8 Q/DQ, fp16) and `deploy digits` (int8 accuracy on real labelled data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .app import data_file, err, finish, guard, load, out, resolve_threads, spec_inputs, verb
+from .options import (
+    Data,
+    Json,
+    KeepFailed,
+    OldBatch,
+    OldCalib,
+    RunBatch,
+    Samples,
+    Shape,
+    Threads,
+    Weights,
+    examples,
+    renamed,
+)
+
+
+@verb(epilog=examples(
+    "deploy quantize resnet18.onnx -o r18.int8.onnx",
+    "deploy quantize net.onnx -o net.int8.onnx --data ./images --samples 256 --max-drop 0.5 --keep-float first,last",
+    "deploy quantize net.onnx -o net.trt.onnx --target trt --trt-cache calib.cache"))
+def quantize(
+    model: Annotated[str, typer.Argument(help="Model spec or .onnx file (fp32; BatchNormalization is folded "
+                     "first).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The quantized .onnx file to write; int8 also "
+                      "writes its ranges table beside it (OUT.ranges.json).")],
+    precision: Annotated[str, typer.Option(help="int8 (Q/DQ from calibration) or fp16 (float16 weights and "
+                         "compute, float32 inputs/outputs).")] = "int8",
+    data: Data = "photos",
+    samples: Samples = 128,
+    method: Annotated[str, typer.Option(help="Range method: minmax, percentile (99.99), percentile-99.9, "
+                      "percentile-99.999, entropy (TensorRT's KL), mse, or auto (all, from one histogram pass; "
+                      "the best on held-out data is written).")] = "auto",
+    target: Annotated[str, typer.Option(help="ort-cpu (uint8 activations: ONNX Runtime's fast x86 kernels), "
+                      "ort-cuda (int8 S8S8), trt (TensorRT explicit quantization: symmetric int8, zero point 0, "
+                      "float bias).")] = "ort-cpu",
+    keep_float: Annotated[str | None, typer.Option("--keep-float", help="Comma-separated nodes kept in float: "
+                          "node names, op types (Gemm), 'first', 'last'.")] = None,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Budget in top-1 points (accuracy drop when "
+                        "the data has labels, else disagreement with fp32). Missed: per-layer sensitivity, then "
+                        "the most sensitive layers stay float until it holds.")] = None,
+    min_sqnr: Annotated[float | None, typer.Option("--min-sqnr", help="Budget: mean-centred output SQNR in dB "
+                        "against fp32.")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval", help="Held-out data for scoring, any --data source "
+                         "(default: the --data source, after the calibration samples: disjoint).")] = None,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Held-out samples.")] = 64,
+    run_batch: RunBatch = None,
+    trt_cache: Annotated[Path | None, typer.Option("--trt-cache", help="Also write the ranges as a TensorRT "
+                         "(≤ 10) calibration cache.")] = None,
+    weights: Weights = None,
+    shape: Shape = None,
+    threads: Threads = None,
+    keep_failed: KeepFailed = False,
+    json_path: Json = None,
+    old_calib: OldCalib = None,
+    old_batch: OldBatch = None,
+) -> None:
+    """Int8 (Q/DQ) or fp16, written into the ONNX graph and scored against fp32 on held-out real data.
+
+    Int8: one pass over the calibration data (--data) collects histograms of every tensor the target
+    quantizes; each range method is derived from them and, with --method auto, scored on held-out data by
+    top-1 agreement (accuracy with labelled .npz data) and mean-centred SQNR; the best is written. With a
+    budget (--max-drop/--min-sqnr) that is missed, layers are ranked by sensitivity and the most sensitive
+    kept in float until it holds; when nothing meets it, the last line is FAILED, the exit code 1, and no
+    file is written unless --keep-failed.
+    """
+    from ..quantize import QuantizeOptions, quantize_artifact, table_path_for
+    from ..report import print_quantize
+
+    data = renamed(data, old_calib, "--calib", default="photos")
+    run_batch = renamed(run_batch, old_batch, "--batch")
+    inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data)),
+              ("--eval", data_file(eval_data))]
+    outputs = [("-o", output), ("ranges table", table_path_for(output) if precision == "int8" else None),
+               ("--trt-cache", trt_cache), ("--json", json_path)]
+    guard(inputs, outputs)
+    threads = resolve_threads(threads)
+    artifact = load(model, weights, shape)
+    options = QuantizeOptions(
+        precision=precision, target=target, method=method, calib=data, eval_data=eval_data, samples=samples,
+        eval_samples=eval_samples, batch=run_batch, max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
+        threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()),
+        keep_failed=keep_failed)
+    with err.status("quantizing", spinner="dots") as status:
+        report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
+    print_quantize(report, out)
+    finish(report, json_path, inputs=inputs, outputs=outputs[:3], threads=threads)
+
+
+@verb(epilog=examples("deploy digits", "deploy digits --target trt --out results/digits-trt --json digits.json"))
+def digits(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the ONNX files, the npz splits and the "
+                       "report.")] = Path("results/digits"),
+    target: Annotated[str, typer.Option(help="Quantization target (see `deploy quantize --help`).")] = "ort-cpu",
+    seed: Annotated[int, typer.Option(help="Training seed (each seed trains and caches its own checkpoints).")] = 0,
+    json_path: Json = None,
+) -> None:
+    """Int8 accuracy on real labelled data: small nets trained here on scikit-learn's digits.
+
+    Trains digits-resnet and digits-repvgg (deterministic, under a minute on a laptop CPU, cached in
+    $DEPLOY_CACHE or ~/.cache/deploy), exports them, quantizes them with `deploy quantize` (calibration split;
+    method chosen on a slice of the training split) and reports fp32 vs int8 accuracy on the disjoint test
+    split; RepVGG also after reparameterization, and with the sensitivity fallback.
+    """
+    from ..accuracy import run_digits_accuracy
+    from ..report import write_json
+
+    guard([], [("--json", json_path)])
+    with err.status("digits", spinner="dots") as status:
+        rows = run_digits_accuracy(out_dir, seed=seed, target=target, progress=lambda msg: status.update(msg))
+    table = Table(title="int8 accuracy on scikit-learn's digits (400 test images, disjoint from calibration)")
+    for col in ("model", "form", "fp32 acc", "int8 acc", "drop", "method", "kept in float", "centred SQNR dB"):
+        table.add_column(col, justify="left" if col in ("model", "form", "method", "kept in float") else "right")
+    for r in rows:
+        table.add_row(r.model, r.form, f"{r.fp32_accuracy:.2f} %", f"{r.int8_accuracy:.2f} %", f"{r.drop:+.2f}",
+                      r.method, str(len(r.kept_float)) if r.kept_float else "-", f"{r.centred_sqnr_db:.1f}")
+    out.print(table)
+    if json_path:
+        write_json(json_path, [r.to_dict() for r in rows])  # a list of rows, as before
+    worst = max(rows, key=lambda r: r.drop)
+    typer.echo(f"DONE digits: {len(rows)} int8 models; largest drop {worst.drop:+.2f} points ({worst.model}, "
+               f"{worst.form})")
