@@ -67,9 +67,12 @@ def _module_flops(module: nn.Module, inputs: tuple, output) -> int:
     return 0
 
 
-def inspect_module(module: nn.Module, input_shape: tuple[int, ...], label: str = "model") -> InspectReport:
-    """Walk leaf modules with forward hooks on one sample (batch 1). FLOPs are per sample."""
+def inspect_module(module: nn.Module, input_shape: tuple[int, ...], label: str = "model",
+                   more_shapes: list[tuple[int, ...]] | None = None) -> InspectReport:
+    """Walk leaf modules with forward hooks on one sample (batch 1). FLOPs are per sample.
+    ``more_shapes``: the shapes of forward()'s further inputs, for multi-input models."""
     shape = (1, *input_shape[1:])
+    extra = [torch.zeros((1, *s[1:])) for s in more_shapes or []]
     layers: list[LayerInfo] = []
     hooks = []
 
@@ -85,7 +88,7 @@ def inspect_module(module: nn.Module, input_shape: tuple[int, ...], label: str =
             hooks.append(mod.register_forward_hook(hook(name)))
     try:
         with torch.inference_mode():
-            module(torch.zeros(shape))
+            module(torch.zeros(shape), *extra)
     finally:
         for h in hooks:
             h.remove()
@@ -181,4 +184,5 @@ def inspect_artifact(artifact: Artifact) -> InspectReport:
         for spec in artifact.inputs:
             spec.concrete(1)  # a symbolic H/W needs --shape: refuse rather than measure a 1×1 input
         return inspect_onnx(artifact.onnx_path, artifact.inputs[0].concrete(1), artifact.label)
-    return inspect_module(artifact.module, artifact.example_shape, artifact.label)
+    shapes = artifact.example_shapes or [artifact.example_shape]
+    return inspect_module(artifact.module, shapes[0], artifact.label, more_shapes=shapes[1:])

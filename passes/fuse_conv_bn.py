@@ -404,13 +404,15 @@ def fuse_conv_bn(model: nn.Module) -> PassResult:
     tracer = _Tracer()
     try:
         graph = tracer.trace(work)
+        # a GraphModule of its own: fails on a root whose child is named like a GraphModule attribute
+        # ("meta", "graph", "code"), which tracing itself accepts
+        gm = fx.GraphModule(tracer.root, graph, type(work).__name__)
     except Exception as exc:  # noqa: BLE001  (fx raises many types: TraceError, TypeError, RuntimeError, …)
         reason = (str(exc).strip().splitlines() or [""])[0]
         report.warnings.append(f"fx could not trace the model ({type(exc).__name__}: {reason}); used the "
                                "module-walk fallback (nn.Sequential pairs, fx on each traceable submodule)")
         result = _fallback(work, report)
     else:
-        gm = fx.GraphModule(tracer.root, graph, type(work).__name__)
         _fuse_graph(gm.graph, gm, report, in_place=False, shared=set())
         gm.graph.lint()
         gm.delete_all_unused_submodules()

@@ -75,10 +75,11 @@ TWO_INPUTS = textwrap.dedent("""
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 6, 3, padding=1)
-            self.meta = nn.Linear(10, 6)
+            self.bn = nn.BatchNorm2d(6)
+            self.meta = nn.Linear(10, 6)  # a child named like a torch.fx.GraphModule attribute
 
         def forward(self, image, meta):
-            return self.conv(image).mean((2, 3)) * torch.sigmoid(self.meta(meta))
+            return self.bn(self.conv(image)).mean((2, 3)) * torch.sigmoid(self.meta(meta))
 
 
     def build():
@@ -169,6 +170,12 @@ def test_two_input_model_exports_and_checks(cli, tmp_path):
     result = cli("check", spec, out, *shapes, "--samples", "6")
     assert result.exit_code == 0, result.output
     assert "6 samples" in result.output.strip().splitlines()[-1]
+    result = cli("fuse", spec, "-o", tmp_path / "two.fused.onnx", *shapes, "--json", tmp_path / "f.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text())["after"].get("BatchNormalization", 0) == 0
+    result = cli("inspect", spec, *shapes, "--json", tmp_path / "i.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "i.json").read_text())["params"] == 18 * 9 + 6 + 12 + 66
     # one shape for a two-input model: the error names both inputs
     result = cli("export", spec, "-o", tmp_path / "bad.onnx", "--shape", "1,3,16,16")
     assert result.exit_code == 2 and "--shape image=" in result.stderr and "--shape meta=" in result.stderr
