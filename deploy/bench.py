@@ -23,6 +23,7 @@ import csv
 import io
 import math
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backends import get_runner_class
-from .backends.base import Runner
+from .backends.base import Runner, first_line
 from .environment import default_threads, environment
 from .errors import BadInputError, MissingDependencyError
 from .harness import runnable
@@ -153,14 +154,22 @@ class LatencyReport:
             return []
         return [r for r in self.results if r.ratio is not None and r.ratio.ratio > self.max_ratio]
 
+    def compared(self) -> list[BenchResult]:
+        return [r for r in self.results if r.ratio is not None]
+
     @property
     def passed(self) -> bool:
-        return not self.regressions()
+        """With --max-ratio: no regression, and at least one ratio to judge (a gate that compared nothing
+        must not pass)."""
+        return self.max_ratio is None or (bool(self.compared()) and not self.regressions())
 
     def summary(self) -> str:
         entries = f"{len(self.results)} entr{'y' if len(self.results) == 1 else 'ies'}"
         if self.max_ratio is None:
             return f"MEASURED bench: {entries} (no --max-ratio given, so nothing judged)"
+        if not self.compared():
+            return (f"FAILED bench: --max-ratio {self.max_ratio:g} given, but no entry has a baseline to compare "
+                    f"with ({entries}, each alone in its group); give two artifacts or backends")
         bad = self.regressions()
         if not bad:
             worst = max((r.ratio.ratio for r in self.results if r.ratio is not None), default=float("nan"))
@@ -385,8 +394,8 @@ def _fresh_memory(entry: Entry, batch: int, runs: int, config: BenchConfig, inli
     say(f"batch {batch}: memory of {entry.label} in a fresh process")
     try:
         return measure_fresh(job)
-    except (RuntimeError, OSError, ValueError) as err:
-        notes.append(f"{entry.label}: memory measured in this process ({err})")
+    except (RuntimeError, OSError, ValueError, subprocess.SubprocessError) as err:
+        notes.append(f"{entry.label}: memory measured in this process ({first_line(err)})")
         return inline
 
 

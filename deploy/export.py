@@ -100,13 +100,15 @@ def parse_dynamic(text: str | None, static: bool = False) -> tuple[str, ...]:
     """``--dynamic batch,height,width`` → the axes kept symbolic in the exported file (``none``: all fixed).
     Height and width are the last two dims of an NCHW image input."""
     if static:
-        if text not in (None, "batch", "none"):
-            raise BadInputError("--static and --dynamic contradict each other; give one")
+        if text not in (None, "none"):
+            raise BadInputError(f"--static and --dynamic {text} contradict each other; give one")
         return ()
     if text is None:
         return ("batch",)
     names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
-    if names in ((), ("none",)):
+    if not names:
+        raise BadInputError(f"--dynamic '{text}': give axes (batch,height,width) or none")
+    if names == ("none",):
         return ()
     unknown = [n for n in names if n not in AXIS_NAMES]
     if unknown:

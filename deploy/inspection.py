@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .backends.base import first_line
+from .errors import BadInputError
 from .spec import Artifact
 
 
@@ -61,7 +63,7 @@ def _module_flops(module: nn.Module, inputs: tuple, output) -> int:
                 * _prod(spatial)
         return conv_flops(module.in_channels, module.out_channels, module.groups, module.kernel_size,
                           tuple(output.shape[2:]))
-    if isinstance(module, nn.Linear) and isinstance(output, torch.Tensor):
+    if isinstance(module, nn.Linear) and isinstance(output, torch.Tensor) and output.numel():
         rows = output.numel() // output.shape[-1] // output.shape[0]  # per sample
         return 2 * module.in_features * module.out_features * rows
     return 0
@@ -89,6 +91,9 @@ def inspect_module(module: nn.Module, input_shape: tuple[int, ...], label: str =
     try:
         with torch.inference_mode():
             module(torch.zeros(shape), *extra)
+    except Exception as err:  # the user's model failed on these shapes: their input, not our bug
+        shapes = ", ".join(str(tuple(t)) for t in [shape, *(e.shape for e in extra)])
+        raise BadInputError(f"{label}: the model does not run on input shape {shapes}: {first_line(err)}") from None
     finally:
         for h in hooks:
             h.remove()

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,7 @@ class QuantizeOptions:
     trt_cache: Path | None = None
     threads: int | None = None
     keep_failed: bool = False  # a missed budget still writes the best found (default: nothing is written)
+    fixed_batch: bool = False  # the file fixes its batch dim: ``batch`` is that, and runs take whole batches
 
 
 @dataclass
@@ -175,8 +176,13 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _batches(array: np.ndarray, name: str, batch: int) -> list[dict[str, np.ndarray]]:
-    return [{name: array[i:i + batch]} for i in range(0, len(array), batch)]
+def _batches(array: np.ndarray, name: str, batch: int, whole: bool = False) -> list[dict[str, np.ndarray]]:
+    """Runs of ``batch`` samples; ``whole`` (a file with a fixed batch dim) drops a partial last run."""
+    stop = len(array) - len(array) % batch if whole else len(array)
+    if stop == 0:
+        raise BadInputError(f"{len(array)} samples do not fill one batch of {batch}, the model's fixed batch; "
+                            f"raise --samples/--eval-samples")
+    return [{name: array[i:i + batch]} for i in range(0, stop, batch)]
 
 
 class _Judge:
@@ -247,7 +253,7 @@ def _validate(options: QuantizeOptions) -> None:
     if options.target not in TARGETS:
         raise BadInputError(f"--target {options.target}: choose from {', '.join(TARGETS)}")
     for flag, value in (("--samples", options.samples), ("--eval-samples", options.eval_samples),
-                        ("--batch", 1 if options.batch is None else options.batch)):
+                        ("--run-batch", 1 if options.batch is None else options.batch)):
         if value < 1:
             raise BadInputError(f"{flag} {value}: must be at least 1")
     if options.max_drop is not None and options.max_drop < 0:
@@ -306,6 +312,11 @@ def quantize_artifact(
     if len(artifact.inputs) != 1:
         raise BadInputError(f"{artifact.label}: calibration feeds one image/array input; the model has "
                             f"{len(artifact.inputs)}")
+    fixed = artifact.inputs[0].shape[0] if artifact.inputs[0].shape else None
+    if isinstance(fixed, int) and fixed > 0:  # a --static export: every run must be that batch
+        if options.batch not in (None, fixed):
+            raise BadInputError(f"--run-batch {options.batch}: {artifact.label} fixes the batch at {fixed}")
+        options = replace(options, batch=fixed, fixed_batch=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         fp32 = _load_fp32(artifact, tmp_dir, say)
@@ -366,7 +377,8 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     session = cpu_session(with_outputs(fp32, measured), options.threads)
     run_model = run_function(session, measured)
     say("running the fp32 model on the held-out data")
-    judge = _Judge(fp32, _batches(held.array, input_name, options.batch or SCORING_BATCH), held.labels,
+    held_batches = _batches(held.array, input_name, options.batch or SCORING_BATCH, options.fixed_batch)
+    judge = _Judge(fp32, held_batches, held.labels,
                    options.threads, session)
     report.fp32_accuracy = judge.fp32_accuracy
     if options.max_drop is not None and (judge.reference.ndim != 2 or judge.reference.shape[1] < 2):
@@ -376,7 +388,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the inputs are calibrated too
         return {**run_model(feeds), **{k: v for k, v in feeds.items() if k in plan.activations}}
 
-    batches = _batches(calib.array, input_name, options.batch or CALIBRATION_BATCH)
+    batches = _batches(calib.array, input_name, options.batch or CALIBRATION_BATCH, options.fixed_batch)
     done = [0]
 
     def tick(_n: int = 1) -> None:
@@ -506,8 +518,8 @@ def _fp16(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     report.eval_data, report.eval_samples = held.description, len(held.array)
     say("scoring fp16 against fp32 on ONNX Runtime CPU")
     try:
-        judge = _Judge(fp32, _batches(held.array, input_name, options.batch or SCORING_BATCH), held.labels,
-                       options.threads)
+        held_batches = _batches(held.array, input_name, options.batch or SCORING_BATCH, options.fixed_batch)
+        judge = _Judge(fp32, held_batches, held.labels, options.threads)
         report.fp32_accuracy = judge.fp32_accuracy
         report.final = judge.score(result.model, "fp16")
         report.scores = [report.final]

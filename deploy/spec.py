@@ -116,21 +116,27 @@ def parse_shapes(values: list[str] | str | None) -> Shapes | None:
     return shapes or None
 
 
+_CALL_RE = re.compile(r"^(?P<head>.*?:[A-Za-z_]\w*)(?P<call>\(.*\))\s*$", re.S)  # file.py:f(...) / pkg.mod:f(...)
+_ZOO_CALL_RE = re.compile(r"^(?P<head>[\w.\-]+)(?P<call>\(.*\))\s*$", re.S)  # resnet18(num_classes=10)
+
+
 def split_call(spec: str) -> tuple[str, tuple[list, dict] | None]:
     """``"a.py:f(num_classes=10)"`` → ``("a.py:f", ([], {"num_classes": 10}))``: literal arguments only,
-    read with ``ast.literal_eval`` (nothing the user writes there is executed)."""
-    if not spec.rstrip().endswith(")") or "(" not in spec:
+    read with ``ast.literal_eval`` (nothing the user writes there is executed). The call is the one right
+    after ``:factory``, so a folder named ``runs(2)/`` stays part of the path."""
+    match = _CALL_RE.match(spec) or (None if ":" in spec else _ZOO_CALL_RE.match(spec))
+    if match is None:
         return spec, None
-    head, call = spec[:spec.index("(")], spec[spec.index("("):]
+    head, call = match.group("head"), match.group("call")
     try:
         node = ast.parse(f"f{call}", mode="eval").body  # a stand-in name: zoo names may hold "-"
-        if not isinstance(node, ast.Call):
-            raise ValueError("not a call")
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            raise ValueError("one call, like f(3, k=1)")
         args = [ast.literal_eval(a) for a in node.args]
         kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
         if len(kwargs) != len(node.keywords):
             raise ValueError("**kwargs")
-    except (SyntaxError, ValueError) as err:
+    except (SyntaxError, ValueError, TypeError) as err:
         raise BadInputError(f"'{spec}': the factory's arguments must be Python literals, like "
                             f"resnet50(num_classes=10) or f(3, widths=[32, 64]) ({first_line(err)})") from None
     return head, (args, kwargs)
@@ -180,8 +186,8 @@ def load_artifact(
             raise BadInputError(f"'{spec}': a zoo model takes keyword arguments only, like {head}(num_classes=10)")
         try:
             module = create_model(head, **kwargs)
-        except TypeError as err:
-            raise BadInputError(f"'{spec}': {first_line(err)}") from None
+        except Exception as err:  # the zoo factory refused the arguments (TypeError, ZeroDivisionError, …)
+            raise BadInputError(f"'{spec}': {type(err).__name__}: {first_line(err)}") from None
         num_classes = kwargs.get("num_classes", entry.num_classes)
         notes = [f"zoo {spec}"]
         shapes = shapes or {None: entry.input_shape}

@@ -196,6 +196,10 @@ def test_bench_max_ratio_fails_a_pair_that_is_the_same(cli, tiny_onnx, tmp_path)
     assert prov["environment"]["libraries"]["onnxruntime"]
     result = cli(*args, "--max-ratio", "3")
     assert result.exit_code == 0 and result.output.strip().splitlines()[-1].startswith("PASSED bench")
+    # a gate that compares nothing must not pass
+    result = cli("bench", tiny_onnx, "--min-runs", "3", "--min-time", "0", "--warmup", "2", "--memory", "off",
+                 "--max-ratio", "1.05")
+    assert result.exit_code == 1 and "no entry has a baseline" in result.output.strip().splitlines()[-1]
 
 
 def test_missed_budget_is_failed_and_writes_nothing_unless_kept(cli, tiny_onnx, tmp_path):
@@ -237,3 +241,19 @@ def test_speed_label_says_same_when_the_interval_spans_one():
     assert speedup_text(result(0.99, 0.97, 1.02)).startswith("same")
     assert speedup_text(result(0.5, 0.45, 0.55)) == "2.00× faster"
     assert speedup_text(result(1.25, 1.2, 1.3)) == "0.80× (slower)"
+
+
+def test_quantize_a_static_batch_file_runs_whole_batches(cli, tmp_path):
+    static = tmp_path / "static.onnx"
+    assert cli("export", "tiny-resnet", "-o", static, "--static", "--shape", "2,3,32,32").exit_code == 0
+    q = tmp_path / "static.int8.onnx"
+    result = cli("quantize", static, "-o", q, "--samples", "7", "--eval-samples", "5", "--method", "minmax")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[-1].startswith("PASSED") and q.is_file()
+    result = cli("quantize", static, "-o", q, *FAST_Q, "--run-batch", "4")
+    assert result.exit_code == 2 and "fixes the batch at 2" in result.stderr
+
+
+def test_fuse_refuses_dynamic_on_an_onnx_file(cli, model, tmp_path):
+    result = cli("fuse", model, "-o", tmp_path / "f.onnx", "--dynamic", "height")
+    assert result.exit_code == 2 and "--dynamic applies when fuse exports" in result.stderr

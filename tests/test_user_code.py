@@ -136,6 +136,11 @@ def test_missing_factory_suggests_close_names(vision):
 def test_factory_arguments_are_literals_only():
     assert split_call("a.py:f(3, widths=[8, 16], name='x')") == ("a.py:f", ([3], {"widths": [8, 16], "name": "x"}))
     assert split_call("resnet18") == ("resnet18", None)
+    assert split_call("runs(2)/net.py:f(n=3)") == ("runs(2)/net.py:f", ([], {"n": 3}))  # parens in the path
+    assert split_call("a.py:f(d={'k': 1})") == ("a.py:f", ([], {"d": {"k": 1}}))
+    for bad in ("a.py:f(1)(2)", "a.py:f({[1]: 2})"):
+        with pytest.raises(BadInputError, match="literals"):
+            split_call(bad)
     with pytest.raises(BadInputError, match="literals"):
         split_call("a.py:f(num_classes=__import__('os').getpid())")
 
@@ -219,3 +224,21 @@ def test_quantize_keeps_free_axes_and_asks_for_a_resolution(cli, tmp_path):
     for side in (32, 48):
         x = np.random.default_rng(0).standard_normal((2, 3, side, side)).astype(np.float32)
         assert session.run(None, {"input": x})[0].shape == (2, 10)
+
+
+def test_zoo_factory_that_refuses_its_arguments_is_bad_input(cli, tmp_path):
+    result = cli("inspect", "tiny-resnet(num_classes=-1)")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: 'tiny-resnet(num_classes=-1)'")
+
+
+def test_json_never_overwrites_the_source_of_a_module_spec(cli, tmp_path, monkeypatch):
+    pkg = tmp_path / "mypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    source = "from torch import nn\n\ndef f():\n    return nn.Conv2d(3, 4, 3)\n"
+    (pkg / "net.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    result = cli("inspect", "mypkg.net:f", "--shape", "1,3,8,8", "--json", pkg / "net.py")
+    assert result.exit_code == 2 and "never overwrites its inputs" in result.stderr
+    assert (pkg / "net.py").read_text() == source

@@ -38,6 +38,8 @@ err = Console(stderr=True, highlight=False)
 
 # the running verb and its parsed options, for the provenance block of its JSON report
 _current: contextvars.ContextVar[tuple[str, dict]] = contextvars.ContextVar("deploy_verb", default=("", {}))
+# the outputs the running verb guarded: checked again against the files a loaded model was read from
+_outputs: contextvars.ContextVar[tuple] = contextvars.ContextVar("deploy_outputs", default=())
 
 
 def _version(value: bool) -> None:
@@ -60,6 +62,7 @@ def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         token = _current.set((fn.__name__, dict(kwargs)))
+        outputs_token = _outputs.set(())
         try:
             return fn(*args, **kwargs)
         except CheckFailedError as error:
@@ -86,6 +89,7 @@ def handle_errors(fn):
             raise typer.Exit(EXIT_INTERNAL) from None
         finally:
             _current.reset(token)
+            _outputs.reset(outputs_token)
 
     return wrapper
 
@@ -121,14 +125,20 @@ def guard(inputs: list[tuple[str, str | os.PathLike | None]], outputs: list[tupl
     from ..files import check_paths
 
     check_paths(inputs, outputs)
+    _outputs.set((*_outputs.get(), *outputs))
 
 
 def load(spec: str, weights: str | None = None, shape: list[str] | None = None):
+    """Load a model spec; then check the guarded outputs again against the files it was read from
+    (``pkg.module:factory`` names its source file only once imported)."""
+    from ..files import check_paths
     from ..spec import load_artifact, parse_shapes
 
     shapes = parse_shapes(shape)
     with err.status(f"loading {spec}", spinner="dots"):
-        return load_artifact(spec, weights=weights, shape=shapes)
+        artifact = load_artifact(spec, weights=weights, shape=shapes)
+    check_paths([(f"{spec} ({role})", path) for role, path in artifact.files], list(_outputs.get()))
+    return artifact
 
 
 def resolve_threads(threads: int | None) -> int:

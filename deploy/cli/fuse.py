@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import CheckFailedError
+from ..errors import BadInputError, CheckFailedError
 from .app import (
     data_arg,
     data_file,
@@ -63,6 +63,9 @@ def fuse(
     guard(inputs, [("-o", output), ("--json", json_path)])
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)
+    if dynamic is not None and artifact.kind == "onnx":
+        raise BadInputError(f"{model}: --dynamic applies when fuse exports a model spec; an ONNX file keeps the "
+                            f"free axes it has (re-export it with deploy export --dynamic)")
     names = parse_passes(passes, artifact.kind)
     with err.status("fusing", spinner="dots") as status:
         try:

@@ -94,7 +94,7 @@ def quantize(
     with err.status("quantizing", spinner="dots") as status:
         report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
     print_quantize(report, out)
-    finish(report, json_path, inputs=inputs, outputs=outputs[:3], threads=threads)
+    finish(report, json_path, inputs=inputs, outputs=outputs[:3] if report.written else [], threads=threads)
 
 
 @verb(epilog=examples("deploy digits", "deploy digits --target trt --out results/digits-trt --json digits.json"))
