@@ -370,6 +370,7 @@ def _load_user_model(spec: str, head: str, args: list, kwargs: dict) -> tuple[nn
         cwd = os.getcwd()
         if cwd not in sys.path:
             sys.path.insert(0, cwd)
+        importlib.invalidate_caches()  # a package written after the finders cached its folder
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as err:

@@ -233,12 +233,12 @@ def test_zoo_factory_that_refuses_its_arguments_is_bad_input(cli, tmp_path):
 
 
 def test_json_never_overwrites_the_source_of_a_module_spec(cli, tmp_path, monkeypatch):
-    pkg = tmp_path / "mypkg"
+    pkg = tmp_path / "jsonguardpkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     source = "from torch import nn\n\ndef f():\n    return nn.Conv2d(3, 4, 3)\n"
     (pkg / "net.py").write_text(source)
     monkeypatch.chdir(tmp_path)
-    result = cli("inspect", "mypkg.net:f", "--shape", "1,3,8,8", "--json", pkg / "net.py")
+    result = cli("inspect", "jsonguardpkg.net:f", "--shape", "1,3,8,8", "--json", pkg / "net.py")
     assert result.exit_code == 2 and "never overwrites its inputs" in result.stderr
     assert (pkg / "net.py").read_text() == source
