@@ -21,6 +21,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import pickle
 import re
@@ -193,8 +194,9 @@ def load_artifact(
         shapes = shapes or {None: entry.input_shape}
     specs, examples = _torch_inputs(module, shapes, spec)
     if weights:
+        module, pruned = replay_pruning(module, weights)
         load_weights(module, weights)
-        notes.append(f"weights {weights}")
+        notes.append(f"weights {weights}" + (" (pruned: its record replayed on the architecture)" if pruned else ""))
     elif realistic and ":" not in head:
         from .numerics import make_realistic
 
@@ -486,6 +488,38 @@ def foreign_pickle_globals(path: Path) -> list[str]:
 def _few(keys: list[str], limit: int = 5) -> str:
     more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+def pruning_metadata(path: str | os.PathLike) -> tuple[str, list[str]] | None:
+    """(record JSON, preparation steps) from a safetensors file written by `deploy prune`, else None."""
+    if Path(path).suffix.lower() != ".safetensors" or not Path(path).is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:
+        return None
+    if "deploy.pruning" not in meta:
+        return None
+    return meta["deploy.pruning"], json.loads(meta.get("deploy.prepared", "[]"))
+
+
+def replay_pruning(module: nn.Module, path: str | os.PathLike) -> tuple[nn.Module, bool]:
+    """The module sliced as the pruning record in ``path`` says (a pruned copy), or the module itself when
+    the file holds no record. A record that does not fit names the first mismatching layer."""
+    found = pruning_metadata(path)
+    if found is None:
+        return module, False
+    from .passes.prune import PruneRecord, RecordMismatchError
+    from .prune import replay
+
+    record_json, prepared = found
+    try:
+        return replay(module, PruneRecord.from_json(record_json), prepared), True
+    except RecordMismatchError as err:
+        raise BadInputError(f"{path}: the pruning record does not fit this model: {err}") from None
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -265,7 +266,8 @@ def _add_segments(total: torch.Tensor, space: int, layout: Layout, values: torch
         offset += seg.size
 
 
-def activation_scores(model: nn.Module, graph: ChannelGraph, batches: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
+def activation_scores(model: nn.Module, graph: ChannelGraph,
+                      batches: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
     """Mean |activation| per channel at each group's producers (their BN output when a BN follows)."""
     names = dict(model.named_modules())
     sums: dict[int, torch.Tensor] = {}
@@ -309,9 +311,9 @@ def ignored_groups(model: nn.Module, graph: ChannelGraph, patterns: Sequence[str
 
 def _round_keep(size: int, keep: float, round_to: int) -> int:
     """Channels to keep: ``keep`` rounded to the nearest multiple of ``round_to`` (at least one multiple,
-    at most ``size``); groups not larger than ``round_to`` are left whole."""
-    if size <= round_to:
-        return size
+    at most ``size``). A group narrower than 4·round_to rounds to the largest power of two ≤ size/4
+    instead, so a 24-channel group can still lose 8 under a 32-channel rule."""
+    round_to = max(1, min(round_to, 2 ** int(math.log2(max(size // 4, 1)))))
     n = max(round_to, int(round(keep / round_to)) * round_to)
     return min(size, max(1, n))
 
