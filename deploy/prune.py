@@ -233,14 +233,17 @@ class Pruner:
                        cluster_of: dict[int, int] | None = None) -> float:
         """The uniform ratio (or cluster scale) whose plan keeps ``keep`` of the MACs, by bisection."""
         lo, hi = 0.0, MAX_RATIO / max(weights.values()) if weights else MAX_RATIO
+        def kept(x: float) -> float:
+            return self.plan(_cluster_ratios(self.graph, cluster_of, x, weights) if weights else x, round_to)[2]
+
         for _ in range(24):
             mid = (lo + hi) / 2
-            r = _cluster_ratios(self.graph, cluster_of, mid, weights) if weights else mid
-            if self.plan(r, round_to)[2] > keep:
+            if kept(mid) > keep:
                 lo = mid
             else:
                 hi = mid
-        return hi
+        # rounding makes the curve a staircase: the budget is met from below when a step lands close enough
+        return hi if kept(hi) >= keep - 0.05 else min((lo, hi), key=lambda x: abs(kept(x) - keep))
 
     # --- timing
     def time_candidates(self, stage: str, candidates: list[tuple[str, nn.Module, float]]) -> list[Probe]:
@@ -274,11 +277,19 @@ class Pruner:
             plans, record, _ = self.plan(s.target.value, round_to)
             return self._outcome(plans, record, "uniform", round_to)
         if s.target.kind == "macs":
-            r = self.ratio_for_macs(s.target.value, round_to)
-            plans, record, kept = self.plan(r, round_to)
-            if abs(kept - s.target.value) > 0.05:
+            while True:
+                r = self.ratio_for_macs(s.target.value, round_to)
+                plans, record, kept = self.plan(r, round_to)
+                met = s.target.value - 0.05 <= kept <= s.target.value + 0.005
+                if met or s.round_to is not None or round_to == 1:
+                    break
+                self.notes.append(f"multiples of {round_to} step past --macs {s.target.value:g} (closest "
+                                  f"{kept:.1%}); using multiples of {round_to // 2}")
+                round_to //= 2
+            if not met:
                 raise CheckFailedError(f"FAILED: --macs {s.target.value:g} cannot be met with --round-to "
-                                       f"{round_to}: the closest reached keeps {kept:.1%} of the MACs")
+                                       f"{round_to}: the closest reached keeps {kept:.1%} of the MACs; nothing "
+                                       f"written (a smaller --round-to gives finer steps)")
             return self._outcome(plans, record, "uniform", round_to)
         return self._latency(round_to)
 
@@ -406,16 +417,14 @@ def _round_to_cache() -> Path:
 def measure_round_to(backend: str, batch: int, threads: int | None, say: Callable[[str], None] | None = None,
                      refresh: bool = False) -> int:
     """The channel multiple ``backend`` runs fast: a 3×3 conv (128 in, 14×14) timed at every output width
-    from 64 to 129. A blocked kernel pads channels up to its block, so time jumps just past each multiple
-    of the block: r is chosen when the median jump t(w+1)/t(w) at multiples of r is ≥ 8 % above the median
-    jump elsewhere; the largest such r of 32, 16, 8, 4, 2 (else 1). Cached per backend,
+    from 64 to 129 (:func:`choose_round_to` reads the steps). Cached per backend,
     batch, threads and machine in ``~/.cache/deploy/round_to.json``."""
     import platform
 
     import onnxruntime
 
-    key = f"{backend}|b{batch}|t{threads}|{platform.processor() or platform.machine()}|ort{onnxruntime.__version__}" \
-          f"|torch{torch.__version__}"
+    machine = platform.processor() or platform.machine()
+    key = f"v2|{backend}|b{batch}|t{threads}|{machine}|ort{onnxruntime.__version__}|torch{torch.__version__}"
     path = _round_to_cache()
     try:
         cache = json.loads(path.read_text()) if path.is_file() else {}
@@ -426,16 +435,7 @@ def measure_round_to(backend: str, batch: int, threads: int | None, say: Callabl
     (say or (lambda _m: None))(f"measuring the channel multiple {backend} runs fast (once per machine)")
     widths = list(range(64, 130))
     cost = _time_widths(backend, batch, threads, widths)
-    # A blocked kernel pads channels up to its block: time steps up just past each multiple of the block
-    # and stays flat within it. The jump t(w+1)/t(w) is therefore large at w = multiples of the block.
-    jump = {w: cost[w + 1] / cost[w] for w in widths[:-1]}
-    choice = 1
-    for r in (32, 16, 8, 4, 2):
-        at = [jump[w] for w in jump if w % r == 0]
-        elsewhere = [jump[w] for w in jump if w % r]
-        if len(at) >= 3 and float(np.median(at)) >= 1.08 * float(np.median(elsewhere)):
-            choice = r
-            break
+    choice = choose_round_to(cost)
     per = {w: cost[w] for w in widths}
     cache[key] = {"round_to": choice, "conv_us": {str(w): round(per[w] * 1e6, 3) for w in widths},
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -447,6 +447,22 @@ def measure_round_to(backend: str, batch: int, threads: int | None, say: Callabl
     except OSError:
         pass
     return choice
+
+
+def choose_round_to(cost: dict[int, float], threshold: float = 1.05) -> int:
+    """The block a kernel pads channels to, from its time at consecutive widths. Time steps up just past
+    each multiple of the block and stays flat within it, so the jump t(w+1)/t(w) is large at multiples of
+    the block, and at *odd* multiples of it too (which tells a block of 16 from one of 32 or 8). The
+    smallest r of 2, 4, …, 32 whose median jump at odd multiples (≥ 2 of them) is ``threshold`` × the
+    median jump at the non-multiples; 1 when none is."""
+    widths = sorted(cost)
+    jump = {w: cost[w + 1] / cost[w] for w in widths if w + 1 in cost}
+    for r in (2, 4, 8, 16, 32):
+        odd = [jump[w] for w in jump if w % r == 0 and (w // r) % 2 == 1]
+        elsewhere = [jump[w] for w in jump if w % r]
+        if len(odd) >= 2 and elsewhere and float(np.median(odd)) >= threshold * float(np.median(elsewhere)):
+            return r
+    return 1
 
 
 def _time_widths(backend: str, batch: int, threads: int | None, widths: list[int]) -> dict[int, float]:
