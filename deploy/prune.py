@@ -45,7 +45,7 @@ from .passes.prune import (
     plan_uniform,
     prune_report,
 )
-from .passes.prune_graph import ChannelGraph, analyse
+from .passes.prune_graph import ChannelGraph, FxTraceError, analyse
 from .spec import Artifact
 
 TARGETS = ("ratio", "macs", "latency")
@@ -195,7 +195,10 @@ class Pruner:
         self.say = say or (lambda _msg: None)
         self.example = tuple(torch.zeros(s) for s in artifact.example_shapes)
         self.say("tracing the channel dependencies")
-        self.model, self.graph, self.prepared = prepare(artifact.module.eval(), self.example)
+        try:
+            self.model, self.graph, self.prepared = prepare(artifact.module.eval(), self.example)
+        except FxTraceError as err:
+            raise BadInputError(f"{artifact.label}: {err}") from None
         if settings.importance not in CRITERIA:
             raise BadInputError(f"--importance {settings.importance}: choose one of {', '.join(CRITERIA)}")
         self.skip, unmatched = ignored_groups(self.model, self.graph, settings.ignore)
@@ -243,7 +246,7 @@ class Pruner:
             else:
                 hi = mid
         # rounding makes the curve a staircase: the budget is met from below when a step lands close enough
-        return hi if kept(hi) >= keep - 0.05 else min((lo, hi), key=lambda x: abs(kept(x) - keep))
+        return hi if kept(hi) >= 0.9 * keep else min((lo, hi), key=lambda x: abs(kept(x) - keep))
 
     # --- timing
     def time_candidates(self, stage: str, candidates: list[tuple[str, nn.Module, float]]) -> list[Probe]:
@@ -280,7 +283,7 @@ class Pruner:
             while True:
                 r = self.ratio_for_macs(s.target.value, round_to)
                 plans, record, kept = self.plan(r, round_to)
-                met = s.target.value - 0.05 <= kept <= s.target.value + 0.005
+                met = 0.9 * s.target.value <= kept <= s.target.value + 0.005  # a budget, met from below
                 if met or s.round_to is not None or round_to == 1:
                     break
                 self.notes.append(f"multiples of {round_to} step past --macs {s.target.value:g} (closest "

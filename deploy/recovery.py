@@ -99,7 +99,7 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: np.ndarray, labels: 
                 loss.backward()
                 optimizer.step()
                 schedule.step()
-                total += float(loss) * len(index)
+                total += float(loss.detach()) * len(index)
                 count += len(index)
             loss_value = total / max(count, 1)
             if progress:
