@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench bench-int8 bench-ortq digits lint clean
+.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits lint clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,7 @@ bench: setup
 			--plot $(BENCH_OUT)/reparam-$$m.png || exit 1; \
 	done
 	$(MAKE) bench-int8
+	$(MAKE) bench-prune
 
 # Int8 (and fp16) artifacts: fp32 export, `deploy quantize` (auto, ort-cpu), then fp32 vs int8 interleaved on
 # ort-cpu. fp16 files are written and scored but not timed: ONNX Runtime's CPU provider has no float16
@@ -70,6 +71,23 @@ bench-int8: setup
 		tail -n 1 $(BENCH_OUT)/$$m.fp16.log; \
 		$(VENV)/bin/deploy bench $(BENCH_OUT)/$$m.onnx $(BENCH_OUT)/$$m.int8.onnx --backend ort-cpu --batch 1,8 \
 			--json $(BENCH_OUT)/int8-$$m.json --md $(BENCH_OUT)/int8-$$m.md --plot $(BENCH_OUT)/int8-$$m.png || exit 1; \
+	done
+
+# Pruned artifacts: `deploy prune --latency 0.5` (measured on ort-cpu, batch 8; round-to measured) against the
+# unpruned export, interleaved; then the pruned file quantized to int8: the compound speed-up over fp32.
+PRUNE_MODELS ?= resnet50 mobilenet_v2
+bench-prune: setup
+	mkdir -p $(BENCH_OUT)
+	@for m in $(PRUNE_MODELS); do \
+		echo "== $$m: --latency 0.5 on ort-cpu batch 8, then int8"; \
+		$(VENV)/bin/deploy export $$m -o $(BENCH_OUT)/$$m.onnx > $(BENCH_OUT)/$$m.export.log || exit 1; \
+		$(VENV)/bin/deploy prune $$m -o $(BENCH_OUT)/$$m.pruned.onnx --latency 0.5 --backend ort-cpu --batch 8 \
+			--json $(BENCH_OUT)/$$m.prune.json > $(BENCH_OUT)/$$m.prune.log || exit 1; \
+		tail -n 1 $(BENCH_OUT)/$$m.prune.log; \
+		$(VENV)/bin/deploy quantize $(BENCH_OUT)/$$m.pruned.onnx -o $(BENCH_OUT)/$$m.pruned.int8.onnx \
+			> $(BENCH_OUT)/$$m.pruned.int8.log || exit 1; \
+		$(VENV)/bin/deploy bench $(BENCH_OUT)/$$m.onnx $(BENCH_OUT)/$$m.pruned.onnx $(BENCH_OUT)/$$m.pruned.int8.onnx \
+			--backend ort-cpu --batch 8 --json $(BENCH_OUT)/prune-$$m.json --md $(BENCH_OUT)/prune-$$m.md || exit 1; \
 	done
 
 # Side by side with ONNX Runtime's quantize_static on the same exports and photos (a benchmark, not a test).

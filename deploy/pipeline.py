@@ -129,6 +129,60 @@ def run_int8_demo(out_dir: Path, items: list[tuple[str, Path]], samples: int = 6
 
 
 @dataclass
+class PruneRow:
+    """A zoo model pruned to half its MACs (`deploy prune --macs 0.5`), exported, timed against the original."""
+
+    model: str
+    onnx: str
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    round_to: int
+    ratio: float
+    ratio_low: float
+    ratio_high: float
+    export_max_rel: float | None
+    passed: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def run_prune_demo(out_dir: Path, name: str, macs: float = 0.5, batch: int = 1,
+                   progress: Callable[[str], None] | None = None) -> PruneRow:
+    from .prune import PruneSettings, PruneTarget
+    from .prune_job import PruneJobOptions, prune_artifact
+
+    say = progress or (lambda _msg: None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.pruned.onnx"
+    settings = PruneSettings(PruneTarget("macs", macs), round_to=None, backend="ort-cpu", batch=batch)
+    report = prune_artifact(load_artifact(name), path, PruneJobOptions(settings, samples=32),
+                            progress=lambda msg: say(f"{name} prune: {msg}"))
+    o = report.outcome
+    lat = o.latency
+    return PruneRow(name, str(path), o.macs_before, o.macs_after, o.params_before, o.params_after, o.round_to,
+                    lat.latency_ratio, lat.low, lat.high, report.export_max_rel,
+                    report.export_check.startswith("PASSED"), report.seconds)
+
+
+def prune_markdown(row: PruneRow | None) -> list[str]:
+    if row is None:
+        return []
+    r = row
+    return [f"## Structured pruning: {r.model} (`deploy prune {r.model} --macs 0.5`)", "",
+            "| | MACs | params | ort-cpu batch 1 latency / original [95% CI] | ONNX vs pruned torch (max rel) |",
+            "|---|---:|---:|---|---:|",
+            f"| original | {r.macs_before / 1e6:,.0f} M | {r.params_before:,} | 1 | — |",
+            f"| pruned (multiples of {r.round_to}) | {r.macs_after / 1e6:,.0f} M | {r.params_after:,} | "
+            f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] — {1 / r.ratio:.2f}× faster | "
+            f"{r.export_max_rel:.2e} ({'PASSED' if r.passed else 'FAILED'}) |", "",
+            "Random weights: the accuracy of pruning is shown on trained nets (`tests/test_prune_cli.py`, digits).", ""]
+
+
+@dataclass
 class DemoRow:
     model: str
     export: ExportReport
@@ -181,7 +235,7 @@ def int8_markdown(rows: list[Int8Row]) -> list[str]:
 
 
 def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_rows: list[Int8Row] | None = None,
-                  accuracy_rows: list | None = None) -> str:
+                  accuracy_rows: list | None = None, prune_row: PruneRow | None = None) -> str:
     from .accuracy import accuracy_markdown
 
     lines = [
@@ -213,17 +267,20 @@ def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_row
             "", f"Fused / train latency: {f.ratio:.3f} [{f.ratio_low:.3f}, {f.ratio_high:.3f}] (95% CI, interleaved "
             f"rounds) — {1 / f.ratio:.2f}× faster.", ""]
     lines += int8_markdown(int8_rows or [])
+    lines += prune_markdown(prune_row)
     lines += accuracy_markdown(accuracy_rows or [])
     return "\n".join(lines)
 
 
 def write_demo_report(rows: list[DemoRow], out_dir: Path, fuse_row: FuseRow | None = None,
-                      int8_rows: list[Int8Row] | None = None, accuracy_rows: list | None = None) -> tuple[Path, Path]:
+                      int8_rows: list[Int8Row] | None = None, accuracy_rows: list | None = None,
+                      prune_row: PruneRow | None = None) -> tuple[Path, Path]:
     md = out_dir / "demo.md"
     tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(demo_markdown(rows, fuse_row, int8_rows, accuracy_rows))
+    tmp.write_text(demo_markdown(rows, fuse_row, int8_rows, accuracy_rows, prune_row))
     tmp.replace(md)
     data = {"exports": [r.to_dict() for r in rows], "fuse": fuse_row.to_dict() if fuse_row else None,
             "int8": [r.to_dict() for r in int8_rows or []],
-            "digits_accuracy": [r.to_dict() for r in accuracy_rows or []]}
+            "digits_accuracy": [r.to_dict() for r in accuracy_rows or []],
+            "prune": prune_row.to_dict() if prune_row else None}
     return md, write_json(out_dir / "demo.json", data)

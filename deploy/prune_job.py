@@ -22,7 +22,7 @@ from .errors import BadInputError, CheckFailedError
 from .files import atomic_path
 from .inputs import make_feeds
 from .prune import PruneOutcome, Pruner, PruneSettings, default_finetune_epochs
-from .recovery import DistillConfig, accuracy, agreement, distill, recalibrate_bn
+from .recovery import DistillConfig, accuracy, agreement, distill, output_sqnr, recalibrate_bn
 from .spec import Artifact
 
 RECORD_KEY = "deploy.pruning"
@@ -55,6 +55,7 @@ class Stage:
     agreement: float | None  # top-1 agreement with the unpruned model, %
     accuracy: float | None  # top-1 accuracy on labelled eval data, %
     seconds: float = 0.0
+    sqnr_db: float | None = None  # mean-centred SQNR of the outputs against the unpruned model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,6 +111,8 @@ class PruneJobReport:
             score = f", accuracy {last.accuracy:.1f} %"
         elif last and last.agreement is not None:
             score = f", top-1 agreement {last.agreement:.1f} %"
+        elif last and last.sqnr_db is not None:
+            score = f", output SQNR {last.sqnr_db:.1f} dB vs the original"
         return (f"PASSED prune {self.model}: {o.macs_kept:.1%} of the MACs, {o.params_after / o.params_before:.1%} "
                 f"of the params ({o.method}){lat}{score}")
 
@@ -166,7 +169,8 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
     def stage(name: str, t0: float) -> None:
         agree = agreement(original, pruned, held_out) if classifier and held_out is not None else None
         acc = accuracy(pruned, held_out, labels) if labels is not None and classifier else None
-        report.stages.append(Stage(name, agree, acc, round(time.perf_counter() - t0, 2)))
+        sqnr = output_sqnr(original, pruned, held_out) if held_out is not None else None
+        report.stages.append(Stage(name, agree, acc, round(time.perf_counter() - t0, 2), sqnr))
 
     if labels is not None and classifier:
         report.original_accuracy = accuracy(original, held_out, labels)
@@ -174,8 +178,15 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
     if options.recalibrate:
         t0 = time.perf_counter()
         say("re-estimating BN statistics on the calibration data")
+        saved = {k: v.clone() for k, v in pruned.state_dict().items()}
         if recalibrate_bn(pruned, calib_batches):
             stage("BN re-estimated", t0)
+            before, after = report.stages[-2], report.stages[-1]
+            if _fidelity(after) < _fidelity(before):  # e.g. an untrained net, whose BN statistics are not data's
+                pruned.load_state_dict(saved)
+                report.stages.pop()
+                report.notes.append("BN re-estimation moved the outputs away from the original's on the held-out "
+                                    "data, so the statistics carried over from the original were kept")
         else:
             report.notes.append("no BatchNorm left to re-estimate")
     if options.finetune:
@@ -200,6 +211,13 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
     _write(artifact, pruned, outcome, output, options, report, say)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _fidelity(stage: Stage) -> float:
+    """How close a stage is to the original, without labels: top-1 agreement, else output SQNR."""
+    if stage.agreement is not None:
+        return stage.agreement
+    return stage.sqnr_db if stage.sqnr_db is not None else 0.0
 
 
 def _is_classifier(model: torch.nn.Module, held_out: np.ndarray | None) -> bool:

@@ -125,3 +125,22 @@ def accuracy(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, batch: in
             x = torch.from_numpy(np.ascontiguousarray(inputs[begin:begin + batch], dtype=np.float32))
             correct += int((model.eval()(x).argmax(1).numpy() == labels[begin:begin + batch]).sum())
     return 100.0 * correct / max(len(inputs), 1)
+
+
+def output_sqnr(reference: nn.Module, candidate: nn.Module, inputs: np.ndarray, batch: int = 64) -> float:
+    """Mean-centred SQNR in dB of ``candidate``'s outputs against ``reference``'s (any output shape):
+    10·log10(Σ (r − mean r)² / Σ (r − c)²)."""
+    signal = noise = 0.0
+    with torch.no_grad():
+        refs, cands = [], []
+        for begin in range(0, len(inputs), batch):
+            x = torch.from_numpy(np.ascontiguousarray(inputs[begin:begin + batch], dtype=np.float32))
+            r, c = reference.eval()(x), candidate.eval()(x)
+            if not isinstance(r, torch.Tensor):
+                return float("nan")
+            refs.append(r.double())
+            cands.append(c.double())
+        r, c = torch.cat(refs), torch.cat(cands)
+        signal = float(((r - r.mean()) ** 2).sum())
+        noise = float(((r - c) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)

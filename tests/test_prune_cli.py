@@ -143,3 +143,22 @@ def test_digits_accuracy_recovers_without_labels(cli, tmp_path, trained):
     assert results["labelled"]["stages"][-1]["accuracy"] >= original - 0.5
     assert "no labels" in results["unlabelled"]["stages"][-1]["name"]
     assert "with labels" in results["labelled"]["stages"][-1]["name"]
+
+
+def test_user_segmentation_net_with_transposed_conv_concat_and_se(cli, tmp_path):
+    """A stranger's model (tests/fixtures/prune_unet.py): functional SE gate, ConvTranspose decoder, a concat
+    skip, a sigmoid map; pruned, exported, reloaded from the safetensors and checked against the ONNX."""
+    from pathlib import Path
+
+    spec = f"{Path(__file__).parent / 'fixtures' / 'prune_unet.py'}:build"
+    out = tmp_path / "unet.onnx"
+    report = tmp_path / "unet.json"
+    result = cli("prune", spec, "--shape", "1,3,64,64", "-o", out, "--ratio", "0.5", "--round-to", "1",
+                 "--no-measure", "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    after = {g["group"]: g["channels_after"] for g in data["groups"]}
+    assert after == {"enc1.0": 8, "enc2.0 (+1)": 16, "se.fc1": 4, "up": 8, "dec.0": 8}
+    assert data["stages"][0]["sqnr_db"] is not None and data["stages"][0]["agreement"] is None  # not a classifier
+    check = cli("check", spec, out, "-w", out.with_suffix(".safetensors"), "--shape", "1,3,64,64")
+    assert check.exit_code == 0, check.output

@@ -141,9 +141,14 @@ def test_npz_calibration_and_bad_choices(cli, tiny_onnx, tmp_path):
 
 def test_demo_int8_rows_and_markdown_report(cli, tmp_path):
     result = cli("demo", "--models", "tiny-resnet", "--fuse-model", "", "--int8", "tiny-resnet", "--samples", "4",
-                 "--out", tmp_path)
+                 "--prune", "tiny-resnet", "--no-digits", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo.json").read_text())
+    pruned = report["prune"]  # the pruned row: half the MACs (a budget met from below), verified, timed
+    assert 0.45 <= pruned["macs_after"] / pruned["macs_before"] <= 0.505 and pruned["passed"]
+    assert pruned["export_max_rel"] < 1e-4 and 0 < pruned["ratio_low"] <= pruned["ratio"] <= pruned["ratio_high"]
+    assert (tmp_path / "tiny-resnet.pruned.onnx").exists() and "## Structured pruning" in \
+        (tmp_path / "demo.md").read_text()
     (row,) = report["int8"]
     assert row["model"] == "tiny-resnet" and row["integer_convs"] == row["convs"] == 6
     assert row["centred_sqnr_db"] > 15 and 0 < row["ratio_low"] <= row["ratio"] <= row["ratio_high"]

@@ -22,6 +22,8 @@ def demo(
                           "('' to skip).")] = "repvgg_a0",
     int8: Annotated[str, typer.Option("--int8", help="Comma-separated models (of --models and --fuse-model) to "
                     "quantize to int8 and time against fp32 ('' to skip).")] = "resnet18,repvgg_a0",
+    prune_model: Annotated[str, typer.Option("--prune", help="Zoo model to prune to half its MACs and time "
+                           "against the original ('' to skip).")] = "resnet18",
     with_digits: Annotated[bool, typer.Option("--digits/--no-digits", help="Also train (or load) the digits nets "
                            "and report int8 accuracy on real labelled data (`deploy digits`).")] = True,
     old_inputs: OldInputs = None,
@@ -29,10 +31,11 @@ def demo(
     """The main job on CPU: export each model, check ONNX Runtime against PyTorch on real photos, report;
     then a train-form model exported, fused by the ONNX stage alone, checked and benchmarked side by side;
     then int8 (deploy quantize, auto, ort-cpu) of resnet18 and of the fused model, scored and timed against fp32;
+    then resnet18 pruned to half its MACs (deploy prune), verified and timed against the original;
     then the digits nets: int8 accuracy on real labelled data (`deploy digits`)."""
     from ..accuracy import run_digits_accuracy
     from ..models import UnknownModelError, get_model_entry
-    from ..pipeline import run_demo, run_fuse_demo, run_int8_demo, write_demo_report
+    from ..pipeline import run_demo, run_fuse_demo, run_int8_demo, run_prune_demo, write_demo_report
     from ..report import fmt_bytes
 
     samples = renamed(samples, old_inputs, "--inputs", default=16)
@@ -44,9 +47,11 @@ def demo(
             get_model_entry(name)
         except UnknownModelError as error:
             raise BadInputError(str(error)) from None
-    if fuse_model:
+    for extra in (fuse_model, prune_model):
+        if not extra:
+            continue
         try:
-            get_model_entry(fuse_model)
+            get_model_entry(extra)
         except UnknownModelError as error:
             raise BadInputError(str(error)) from None
     with err.status("demo", spinner="dots") as status:
@@ -57,6 +62,8 @@ def demo(
         if fuse_row is not None and fuse_model in int8_models:
             int8_items.append((f"{fuse_model} (fused)", out_dir / f"{fuse_model}.fused.onnx"))
         int8_rows = run_int8_demo(out_dir, int8_items, progress=lambda msg: status.update(msg))
+        prune_row = run_prune_demo(out_dir, prune_model, progress=lambda msg: status.update(msg)) \
+            if prune_model else None
         accuracy_rows = run_digits_accuracy(out_dir / "digits", progress=lambda msg: status.update(msg)) \
             if with_digits else []
     table = Table(title="deploy demo — PyTorch (torch-cpu) vs ONNX Runtime (ort-cpu) on bundled photos")
@@ -93,6 +100,17 @@ def demo(
                           f"{r.integer_convs}/{r.convs}", f"{r.fp32_ms:.2f}", f"{r.int8_ms:.2f}",
                           f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}]", f"{1 / r.ratio:.2f}×")
         out.print(table)
+    if prune_row is not None:
+        p = prune_row
+        table = Table(title=f"structured pruning — {p.model} to half its MACs (deploy prune --macs 0.5), ort-cpu "
+                            f"batch 1, interleaved with the original")
+        for col in ("artifact", "MACs", "params", "latency / original", "speed-up", "ONNX vs pruned torch"):
+            table.add_column(col, justify="left" if col == "artifact" else "right")
+        table.add_row("original", f"{p.macs_before / 1e6:,.0f} M", f"{p.params_before:,}", "1", "", "")
+        table.add_row(f"pruned (×{p.round_to} channels)", f"{p.macs_after / 1e6:,.0f} M", f"{p.params_after:,}",
+                      f"{p.ratio:.3f} [{p.ratio_low:.3f}, {p.ratio_high:.3f}]", f"{1 / p.ratio:.2f}×",
+                      f"{p.export_max_rel:.2e}")
+        out.print(table)
     if accuracy_rows:
         table = Table(title="int8 accuracy on real data — nets trained on scikit-learn's digits (400 test images)")
         for col in ("model", "form", "fp32 acc", "int8 acc", "drop", "method", "kept in float"):
@@ -101,11 +119,13 @@ def demo(
             table.add_row(r.model, r.form, f"{r.fp32_accuracy:.2f} %", f"{r.int8_accuracy:.2f} %", f"{r.drop:+.2f}",
                           r.method, str(len(r.kept_float)) if r.kept_float else "-")
         out.print(table)
-    md, js = write_demo_report(rows, out_dir, fuse_row, int8_rows, accuracy_rows)
+    md, js = write_demo_report(rows, out_dir, fuse_row, int8_rows, accuracy_rows, prune_row)
     out.print(f"report: {md} and {js}", markup=False)
     failed = [r.model for r in rows if not r.check.passed]
     if fuse_row is not None and not fuse_row.check.passed:
         failed.append(f"{fuse_row.model} (fused)")
+    if prune_row is not None and not prune_row.passed:
+        failed.append(f"{prune_row.model} (pruned)")
     typer.echo(f"FAILED demo: {', '.join(failed)}" if failed else f"PASSED demo: {len(rows)} model(s)")
     if failed:
         raise typer.Exit(1)

@@ -141,8 +141,10 @@ def _print(report) -> None:
     if report.original_accuracy is not None:
         summary.add_row("accuracy (original)", f"{report.original_accuracy:.2f} %", "", "")
     for s in report.stages:
-        value = f"{s.accuracy:.2f} % acc" if s.accuracy is not None else (
-            f"{s.agreement:.1f} % agree" if s.agreement is not None else "-")
+        parts = [f"{s.accuracy:.2f} % acc" if s.accuracy is not None else "",
+                 f"{s.agreement:.1f} % agree" if s.agreement is not None else "",
+                 f"{s.sqnr_db:.1f} dB" if s.sqnr_db is not None else ""]
+        value = ", ".join(p for p in parts if p) or "-"
         summary.add_row(f"after: {s.name}", "", value, f"{s.seconds:.1f} s")
     out.print(summary)
     if report.eval_source:

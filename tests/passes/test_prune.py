@@ -212,3 +212,22 @@ def test_round_to_reads_the_steps_of_a_blocked_kernel():
     assert choose_round_to(linear) == 1
     eight = {w: float((w + 7) // 8) for w in range(64, 130)}
     assert choose_round_to(eight) == 8
+
+
+def test_user_unet_groups_are_exact():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "fixtures" / "prune_unet.py"
+    spec = importlib.util.spec_from_file_location("prune_unet_fixture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = make_realistic(module.build(), (1, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    graph = analyse(model, (x,))
+    plans = plan_uniform(graph, channel_scores(model, graph), 0.5)
+    pruned, _ = apply_plans(model, graph, plans)
+    assert pruned.dec[0].in_channels == 16 and pruned.up.out_channels == 8  # concat of 8 + 8 kept channels
+    with torch.no_grad():
+        expected, got = _zeroed(model, plans)(x), pruned(x)
+    assert float((expected - got).abs().max()) < 1e-5
