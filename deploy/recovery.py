@@ -135,12 +135,23 @@ def output_sqnr(reference: nn.Module, candidate: nn.Module, inputs: np.ndarray, 
         refs, cands = [], []
         for begin in range(0, len(inputs), batch):
             x = torch.from_numpy(np.ascontiguousarray(inputs[begin:begin + batch], dtype=np.float32))
-            r, c = reference.eval()(x), candidate.eval()(x)
-            if not isinstance(r, torch.Tensor):
+            r, c = _flat(reference.eval()(x)), _flat(candidate.eval()(x))
+            if r is None or c is None:
                 return float("nan")
-            refs.append(r.double())
-            cands.append(c.double())
+            refs.append(r)
+            cands.append(c)
         r, c = torch.cat(refs), torch.cat(cands)
         signal = float(((r - r.mean()) ** 2).sum())
         noise = float(((r - c) ** 2).sum())
     return float("inf") if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
+
+
+def _flat(output) -> torch.Tensor | None:
+    """Every output tensor of a batch (a tensor, tuple, list or dict of them), per sample, side by side."""
+    if isinstance(output, torch.Tensor):
+        return output.double().reshape(output.shape[0], -1)
+    parts = list(output.values()) if isinstance(output, dict) else list(output) \
+        if isinstance(output, (tuple, list)) else None
+    if not parts or not all(isinstance(p, torch.Tensor) for p in parts):
+        return None
+    return torch.cat([p.double().reshape(p.shape[0], -1) for p in parts], dim=1)

@@ -34,7 +34,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 _PASSTHROUGH_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.GELU, nn.Tanh,
                         nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d,
                         nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.AvgPool1d,
-                        nn.AdaptiveAvgPool1d, nn.Softplus, nn.Hardtanh)
+                        nn.AdaptiveAvgPool1d, nn.Softplus, nn.Hardtanh, nn.Upsample, nn.UpsamplingNearest2d,
+                        nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d,
+                        nn.ReplicationPad2d)
 _PASSTHROUGH_FUNCTIONS = {
     torch.relu, torch.sigmoid, torch.tanh, torch.nn.functional.relu, torch.nn.functional.relu6,
     torch.nn.functional.hardswish, torch.nn.functional.hardsigmoid, torch.nn.functional.silu,
@@ -42,6 +44,7 @@ _PASSTHROUGH_FUNCTIONS = {
     torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.max_pool2d,
     torch.nn.functional.adaptive_max_pool2d, torch.nn.functional.leaky_relu, torch.nn.functional.mish,
     torch.nn.functional.hardtanh, operator.neg, torch.neg, torch.clone, torch.nn.functional.elu,
+    torch.nn.functional.interpolate, torch.nn.functional.upsample,
 }
 _PASSTHROUGH_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "float", "detach", "neg", "relu_",
                         "sigmoid_", "clamp", "clamp_min", "clamp_max", "to", "type_as", "exp", "abs"}
@@ -293,6 +296,10 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
                 if module.affine or module.track_running_stats:
                     members.append(Member(node.target, "bn", first))
                 layouts[node] = first
+            elif isinstance(module, nn.Flatten) and first is not None and _is_flatten(node, "flatten", inputs):
+                in_shape = _shape(inputs[0])
+                spatial = int(torch.tensor(in_shape[2:]).prod()) if len(in_shape) > 2 else 1
+                layouts[node] = [Segment(s.space, s.size, s.repeat * spatial) for s in first]
             elif isinstance(module, _PASSTHROUGH_MODULES) and not has_params:
                 layouts[node] = first if channels(node) == channels(inputs[0]) else freeze_all(node, where)
             else:
@@ -335,6 +342,9 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
             if first is not None and dims and all(d % rank >= 2 for d in dims) and len(shape) >= 2:
                 layouts[node] = first
                 continue
+        if _is_spatial_pad(node, inputs) and first is not None:
+            layouts[node] = first
+            continue
         if _is_flatten(node, name, inputs):
             in_shape = _shape(inputs[0])
             spatial = int(torch.tensor(in_shape[2:]).prod()) if len(in_shape) > 2 else 1
@@ -363,6 +373,15 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
     return ChannelGraph(sorted(groups.values(), key=lambda g: g.id), module_macs)
 
 
+def _is_spatial_pad(node: fx.Node, inputs: list[fx.Node]) -> bool:
+    """F.pad(x, pad) whose pad list touches only the dims after the channel axis."""
+    if node.op != "call_function" or node.target is not torch.nn.functional.pad or not inputs:
+        return False
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    rank = len(_shape(inputs[0]) or ())
+    return isinstance(pad, (list, tuple)) and rank >= 3 and len(pad) <= 2 * (rank - 2)
+
+
 def _is_flatten(node: fx.Node, name: str, inputs: list[fx.Node]) -> bool:
     """flatten(x, 1), x.flatten(1), x.view(N, -1) / reshape(N, -1): N×C×… to N×(C·…)."""
     if not inputs:
@@ -371,7 +390,7 @@ def _is_flatten(node: fx.Node, name: str, inputs: list[fx.Node]) -> bool:
     if in_shape is None or out_shape is None or len(in_shape) < 2 or len(out_shape) != 2:
         return False
     is_call = (node.op == "call_function" and node.target in (torch.flatten, torch.reshape)) or \
-              (node.op == "call_method" and name in ("flatten", "view", "reshape"))
+              (node.op == "call_method" and name in ("flatten", "view", "reshape")) or node.op == "call_module"
     return is_call and out_shape[0] == in_shape[0] and out_shape[1] == int(torch.tensor(in_shape[1:]).prod())
 
 

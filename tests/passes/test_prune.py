@@ -231,3 +231,28 @@ def test_user_unet_groups_are_exact():
     with torch.no_grad():
         expected, got = _zeroed(model, plans)(x), pruned(x)
     assert float((expected - got).abs().max()) < 1e-5
+
+
+def _fixture(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "fixtures" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_fixture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_user_fpn_with_flatten_upsample_interpolate_and_pad():
+    model = make_realistic(_fixture("prune_fpn").build(), (1, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    graph = analyse(model, (x,))
+    reasons = [r for g in graph.groups for r in g.frozen]
+    assert set(reasons) <= {"a graph input", "a graph output"}, reasons  # every op understood
+    plans = plan_uniform(graph, channel_scores(model, graph), 0.5)
+    pruned, _ = apply_plans(model, graph, plans)
+    assert pruned.fc.in_features == 32 and pruned.lat3.out_channels == 16 == pruned.lat2.out_channels
+    with torch.no_grad():
+        for expected, got in zip(_zeroed(model, plans)(x), pruned(x)):
+            assert float((expected - got).abs().max() / expected.abs().max()) < 1e-5
