@@ -55,8 +55,11 @@ def parse_passes(text: str | None, kind: str) -> list[str]:
     if text is None:
         return list(DEFAULT_ONNX_PASSES) if kind == "onnx" else [*DEFAULT_TORCH_PASSES, *DEFAULT_ONNX_PASSES]
     names = [n.strip() for n in text.split(",") if n.strip()]
-    known = {p.name: p for p in pass_core.list_passes()}
+    known = {p.name: p for p in pass_core.list_passes() if p.name != "prune"}  # not exact: `deploy prune`
     for name in names:
+        if name == "prune":
+            raise BadInputError("--passes: prune changes what the model computes, so fuse (exact passes, proven "
+                                "equal) does not run it; use `deploy prune MODEL -o OUT.onnx --ratio 0.3`")
         if name not in known:
             raise BadInputError(f"--passes: unknown pass '{name}'; passes: {', '.join(sorted(known))}")
         if kind == "onnx" and known[name].stage == "torch":

@@ -92,6 +92,8 @@ def test_fuse_cli_json_and_bad_passes(cli, tmp_path):
     assert result.exit_code == 2 and "before" in result.stderr
     result = cli("fuse", out, "-o", tmp_path / "g.onnx", "--passes", "fuse_conv_bn")
     assert result.exit_code == 2 and "PyTorch models" in result.stderr
+    result = cli("fuse", "tiny-mobilenet", "-o", tmp_path / "g.onnx", "--passes", "prune")
+    assert result.exit_code == 2 and "use `deploy prune" in result.stderr  # not exact: not a fuse pass
     assert not (tmp_path / "g.onnx").exists()
 
 
