@@ -419,7 +419,8 @@ def _round_to_cache() -> Path:
 
 def measure_round_to(backend: str, batch: int, threads: int | None, say: Callable[[str], None] | None = None,
                      refresh: bool = False) -> int:
-    """The channel multiple ``backend`` runs fast: a 3×3 conv (128 in, 14×14) timed at every output width
+    """The channel multiple ``backend`` runs fast: a 3×3 conv (128 in, 14×14 at batch 8, larger at smaller
+    batches) timed at every output width
     from 64 to 129 (:func:`choose_round_to` reads the steps). Cached per backend,
     batch, threads and machine in ``~/.cache/deploy/round_to.json``."""
     import platform
@@ -427,7 +428,7 @@ def measure_round_to(backend: str, batch: int, threads: int | None, say: Callabl
     import onnxruntime
 
     machine = platform.processor() or platform.machine()
-    key = f"v2|{backend}|b{batch}|t{threads}|{machine}|ort{onnxruntime.__version__}|torch{torch.__version__}"
+    key = f"v4|{backend}|b{batch}|t{threads}|{machine}|ort{onnxruntime.__version__}|torch{torch.__version__}"
     path = _round_to_cache()
     try:
         cache = json.loads(path.read_text()) if path.is_file() else {}
@@ -437,7 +438,10 @@ def measure_round_to(backend: str, batch: int, threads: int | None, say: Callabl
         return int(cache[key]["round_to"])
     (say or (lambda _m: None))(f"measuring the channel multiple {backend} runs fast (once per machine)")
     widths = list(range(64, 130))
-    cost = _time_widths(backend, batch, threads, widths)
+    # the same work per run at every batch (8 × 14×14 positions): at batch 1 a 14×14 conv is so small that
+    # fixed costs hide the kernel's blocking
+    side = max(7, int(round(14 * math.sqrt(8 / batch))))
+    cost = _time_widths(backend, batch, threads, widths, side)
     choice = choose_round_to(cost)
     per = {w: cost[w] for w in widths}
     cache[key] = {"round_to": choice, "conv_us": {str(w): round(per[w] * 1e6, 3) for w in widths},
@@ -455,20 +459,29 @@ def measure_round_to(backend: str, batch: int, threads: int | None, say: Callabl
 def choose_round_to(cost: dict[int, float], threshold: float = 1.05) -> int:
     """The block a kernel pads channels to, from its time at consecutive widths. Time steps up just past
     each multiple of the block and stays flat within it, so the jump t(w+1)/t(w) is large at multiples of
-    the block, and at *odd* multiples of it too (which tells a block of 16 from one of 32 or 8). The
-    smallest r of 2, 4, …, 32 whose median jump at odd multiples (≥ 2 of them) is ``threshold`` × the
-    median jump at the non-multiples; 1 when none is."""
+    the block. Every multiple of a larger power of two is a multiple of the block too, so r is taken only
+    when the odd multiples of r/2 do *not* jump (else r/2 is the block): the largest r of 32, 16, …, 2 whose
+    multiples' median jump is ``threshold`` × the median jump at non-multiples; 1 when none is."""
     widths = sorted(cost)
     jump = {w: cost[w + 1] / cost[w] for w in widths if w + 1 in cost}
-    for r in (2, 4, 8, 16, 32):
-        odd = [jump[w] for w in jump if w % r == 0 and (w // r) % 2 == 1]
-        elsewhere = [jump[w] for w in jump if w % r]
-        if len(odd) >= 2 and elsewhere and float(np.median(odd)) >= threshold * float(np.median(elsewhere)):
-            return r
+
+    def jumps(select) -> bool:
+        at = [j for w, j in jump.items() if select(w)]
+        rest = [j for w, j in jump.items() if not select(w) and w % 2]
+        return len(at) >= 2 and bool(rest) and float(np.median(at)) >= threshold * float(np.median(rest))
+
+    for r in (32, 16, 8, 4, 2):
+        if not jumps(lambda w, r=r: w % r == 0):
+            continue
+        half = r // 2
+        if half >= 2 and jumps(lambda w, h=half: w % h == 0 and (w // h) % 2 == 1):
+            continue  # the odd multiples of r/2 jump too: the block is smaller
+        return r
     return 1
 
 
-def _time_widths(backend: str, batch: int, threads: int | None, widths: list[int]) -> dict[int, float]:
+def _time_widths(backend: str, batch: int, threads: int | None, widths: list[int], side: int = 14
+                 ) -> dict[int, float]:
     """Fastest of 12 runs of one 3×3 conv + ReLU at each output width, the widths timed round-robin."""
     import io
 
@@ -479,9 +492,9 @@ def _time_widths(backend: str, batch: int, threads: int | None, widths: list[int
     with contextlib.ExitStack() as stack:
         for w in widths:
             conv = nn.Sequential(nn.Conv2d(128, w, 3, padding=1), nn.ReLU()).eval()
-            x = torch.zeros(batch, 128, 14, 14)
+            x = torch.zeros(batch, 128, side, side)
             cls = get_runner_class(backend)
-            spec = TensorSpec("input", (batch, 128, 14, 14), np.float32)
+            spec = TensorSpec("input", (batch, 128, side, side), np.float32)
             if cls.artifact_kind == "torch":
                 art = Artifact(f"conv{w}", "torch", [spec], module=conv, example_shapes=[tuple(x.shape)])
             else:
@@ -496,7 +509,7 @@ def _time_widths(backend: str, batch: int, threads: int | None, widths: list[int
                 art = load_onnx_artifact(file)
             runner = stack.enter_context(cls(art, threads=threads, allow_spinning=False))
             timers[w] = runner.timer({"input": np.random.default_rng(0).standard_normal(
-                (batch, 128, 14, 14)).astype(np.float32)})
+                (batch, 128, side, side)).astype(np.float32)})
         for t in timers.values():
             for _ in range(3):
                 t()

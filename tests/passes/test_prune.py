@@ -212,6 +212,9 @@ def test_round_to_reads_the_steps_of_a_blocked_kernel():
     assert choose_round_to(linear) == 1
     eight = {w: float((w + 7) // 8) for w in range(64, 130)}
     assert choose_round_to(eight) == 8
+    # ONNX Runtime's CPU convs at batch 1 here: flat from 65 to 96, steps past 64, 96 and 128
+    thirty_two = {w: 1.0 + ((w + 31) // 32) * 0.4 for w in range(64, 130)}
+    assert choose_round_to(thirty_two) == 32
 
 
 def test_user_unet_groups_are_exact():
