@@ -158,6 +158,13 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
         n = min(64, max_photo_samples() - options.samples)
         if n >= 8:
             held_out, _, eval_source = _read(artifact, "photos", n, offset=options.samples)
+    elif options.data:  # a folder or an array file: what follows the calibration samples, when there is some
+        try:
+            held_out, labels, eval_source = _read(artifact, options.data, 64, offset=options.samples)
+        except BadInputError:
+            held_out = None
+        if held_out is not None and len(held_out) < 8:
+            held_out, labels, eval_source = None, None, ""
 
     original = artifact.module.eval()
     pruner = Pruner(artifact, options.settings, calib_batches, say)

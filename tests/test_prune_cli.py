@@ -189,3 +189,21 @@ def test_latency_target_is_searched_by_measurement(cli, tmp_path):
     assert chosen["macs_kept"] == max(p["macs_kept"] for p in meeting)
     assert abs(data["macs"]["kept"] - chosen["macs_kept"]) < 1e-9
     assert chosen["low"] <= chosen["latency_ratio"] <= chosen["high"]
+
+
+def test_held_out_data_follows_the_calibration_samples_of_an_array_file(cli, tmp_path, trained):
+    """Without --eval, an .npz --data scores each stage on the samples after the calibration ones."""
+    from safetensors.torch import save_file
+
+    from deploy.digits import digits_splits, write_digits_npz
+
+    weights = tmp_path / "digits.safetensors"
+    save_file({k: v.contiguous() for k, v in trained["digits-resnet"].model.state_dict().items()}, str(weights))
+    calib = write_digits_npz(tmp_path / "calib.npz", digits_splits().calib)
+    report = tmp_path / "r.json"
+    result = cli("prune", "digits-resnet", "-w", weights, "-o", tmp_path / "d.onnx", "--ratio", "0.3",
+                 "--round-to", "4", "--data", calib, "--samples", "64", "--no-measure", "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["eval"].endswith("samples 64..127 of 200")
+    assert data["original_accuracy"] >= 95 and all(s["accuracy"] is not None for s in data["stages"])
