@@ -204,8 +204,8 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
                                max_shift=2 if x.ndim == 4 else 0)
         say(f"distilling from the unpruned model: {len(x)} samples × {epochs} epochs")
         result = distill(pruned, original, x, y, config,
-                         progress=lambda e, n, loss: say(f"distilling: epoch {e}/{n}, loss {loss:.4f}, "
-                                                         f"{time.perf_counter() - t0:.0f} s"))
+                         progress=lambda e, n, loss: say(_bar(e, n, f"distilling: epoch {e}/{n}, loss {loss:.4f}, "
+                                                              f"{time.perf_counter() - t0:.0f} s")))
         stage("distilled" + (" (with labels)" if result.used_labels else " (no labels)"), t0)
         report.notes.append(f"distillation: {source}, {epochs} epochs, T={options.temperature:g}, "
                             f"{result.seconds:.1f} s, final loss {result.final_loss:.4f}")
@@ -218,6 +218,11 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
     _write(artifact, pruned, outcome, output, options, report, say)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _bar(done: int, total: int, text: str, width: int = 20) -> str:
+    filled = int(round(width * done / max(total, 1)))
+    return f"[{'█' * filled}{'·' * (width - filled)}] {text}"
 
 
 def _fidelity(stage: Stage) -> float:
