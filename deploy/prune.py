@@ -124,20 +124,21 @@ class PruneOutcome:
 # ------------------------------------------------------------------------------------------ preparation
 
 
-def prepare(model: nn.Module, example: tuple[torch.Tensor, ...]) -> tuple[nn.Module, ChannelGraph, list[str]]:
+def prepare(model: nn.Module, example: tuple[torch.Tensor, ...], leaves: tuple[str, ...] = ()
+            ) -> tuple[nn.Module, ChannelGraph, list[str]]:
     """The form to prune: the model itself, or its structurally reparameterised form when the analysis can
     follow more of that one (DBB's BN-padding reads BN parameters as tensors, which freezes its branches).
     Returns the module, its channel graph and the preparation steps (replayed on reload)."""
-    graph = analyse(model, example)
+    graph = analyse(model, example, leaves)
     from .passes.reparam import reparameterize
 
     try:
         converted = reparameterize(model.eval(), fuse_bn=False)
-    except Exception:  # a block whose fuse() refuses this model: prune the form we have
+        if not converted.report.sites:
+            return model, graph, []
+        alt = analyse(converted.model, example, leaves)
+    except Exception:  # a block whose fuse() refuses, or a converted form fx cannot trace: the form we have
         return model, graph, []
-    if not converted.report.sites:
-        return model, graph, []
-    alt = analyse(converted.model, example)
     if _prunable_macs(alt) > _prunable_macs(graph) * 1.05:
         return converted.model, alt, ["reparameterize"]
     return model, graph, []
@@ -172,7 +173,7 @@ def macs_after(graph: ChannelGraph, record: PruneRecord, model: nn.Module) -> in
         f_out = len(roles["out"]) / sizes["out"] if "out" in roles else 1.0
         f_in = len(roles["in"]) / sizes["in"] if "in" in roles else 1.0
         module = names.get(name)
-        depthwise = isinstance(module, nn.Conv2d) and module.groups > 1
+        depthwise = isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.groups > 1
         total += macs * (f_out if depthwise else f_out * f_in)
     return int(round(total))
 
@@ -196,7 +197,8 @@ class Pruner:
         self.example = tuple(torch.zeros(s) for s in artifact.example_shapes)
         self.say("tracing the channel dependencies")
         try:
-            self.model, self.graph, self.prepared = prepare(artifact.module.eval(), self.example)
+            self.model, self.graph, self.prepared = prepare(artifact.module.eval(), self.example,
+                                                            tuple(settings.ignore))
         except FxTraceError as err:
             raise BadInputError(f"{artifact.label}: {err}") from None
         if settings.importance not in CRITERIA:

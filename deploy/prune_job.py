@@ -21,9 +21,10 @@ import torch
 from .errors import BadInputError, CheckFailedError
 from .files import atomic_path
 from .inputs import make_feeds
+from .passes.prune import PruneRecord, compose
 from .prune import PruneOutcome, Pruner, PruneSettings, default_finetune_epochs
 from .recovery import DistillConfig, accuracy, agreement, distill, output_sqnr, recalibrate_bn
-from .spec import Artifact
+from .spec import Artifact, pruning_metadata
 
 RECORD_KEY = "deploy.pruning"
 PREPARED_KEY = "deploy.prepared"
@@ -118,7 +119,12 @@ class PruneJobReport:
 
 
 def _batches(array: np.ndarray, size: int = 32) -> list[torch.Tensor]:
-    return [torch.from_numpy(np.ascontiguousarray(array[i:i + size])) for i in range(0, len(array), size)]
+    """Batches of ``size``; a last batch of one sample joins the one before (train-mode BN needs two)."""
+    starts = list(range(0, len(array), size))
+    if len(starts) > 1 and len(array) - starts[-1] < 2:
+        starts.pop()
+    ends = starts[1:] + [len(array)]
+    return [torch.from_numpy(np.ascontiguousarray(array[a:b])) for a, b in zip(starts, ends)]
 
 
 def _read(artifact: Artifact, data: str, samples: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -182,7 +188,9 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
     if labels is not None and classifier:
         report.original_accuracy = accuracy(original, held_out, labels)
     stage("pruned", time.perf_counter())
-    if options.recalibrate:
+    if options.recalibrate and calib_source == "random":
+        report.notes.append("BN statistics not re-estimated: the calibration data is random noise (give --data)")
+    elif options.recalibrate:
         t0 = time.perf_counter()
         say("re-estimating BN statistics on the calibration data")
         saved = {k: v.clone() for k, v in pruned.state_dict().items()}
@@ -199,6 +207,16 @@ def prune_artifact(artifact: Artifact, output: Path, options: PruneJobOptions,
     if options.finetune:
         t0 = time.perf_counter()
         x, y, source = _read(artifact, options.finetune, None)
+        with torch.no_grad():
+            probe = original(torch.from_numpy(x[:2]))
+        if not (isinstance(probe, torch.Tensor) and probe.ndim == 2 and probe.shape[1] > 1):
+            kind = type(probe).__name__ if not isinstance(probe, torch.Tensor) else f"a tensor {tuple(probe.shape)}"
+            raise BadInputError(f"--finetune distils class logits (N × classes); {artifact.label} returns {kind}. "
+                                f"Prune without --finetune, and recover with your own training loop")
+        if y is not None and (y.ndim != 1 or len(y) != len(x)):
+            report.notes.append(f"{source}: labels of shape {tuple(y.shape)} are not one class per sample; "
+                                f"distilled without them")
+            y = None
         epochs = options.epochs or default_finetune_epochs(len(x))
         config = DistillConfig(epochs=epochs, temperature=options.temperature,
                                max_shift=2 if x.ndim == 4 else 0)
@@ -247,12 +265,23 @@ def _write(artifact: Artifact, pruned: torch.nn.Module, outcome: PruneOutcome, o
 
     from .export import export_onnx
 
+    record, prepared = outcome.record, outcome.prepared
+    earlier = pruning_metadata(artifact.origin["weights"]) if artifact.origin and artifact.origin.get("weights") \
+        else None
+    if earlier is not None:  # pruning a pruned model: one record from the original architecture
+        if prepared:
+            raise BadInputError(f"{artifact.origin['weights']}: already pruned, and this pruning needs its own "
+                                f"preparation ({', '.join(prepared)}); prune the original model instead")
+        record = compose(PruneRecord.from_json(earlier[0]), record)
+        prepared = list(earlier[1])
+        report.notes.append("the input was already pruned: its record and this one are composed, so the file "
+                            "reloads on the original architecture")
     pruned_artifact = dataclasses.replace(artifact, module=pruned, label=f"{artifact.label} (pruned)")
     side = safetensors_path_for(output)
     say("exporting the pruned model")
     with atomic_path(side) as tmp_side:
-        state = {k: v.detach().contiguous() for k, v in pruned.state_dict().items()}
-        meta = {RECORD_KEY: outcome.record.to_json(), PREPARED_KEY: json.dumps(outcome.prepared),
+        state = {k: v.detach().clone().contiguous() for k, v in pruned.state_dict().items()}  # tied weights too
+        meta = {RECORD_KEY: record.to_json(), PREPARED_KEY: json.dumps(prepared),
                 MODEL_KEY: artifact.label}
         save_file(state, str(tmp_side), metadata=meta)
         try:

@@ -69,6 +69,21 @@ class PruneRecord:
         return cls(data["modules"], data["sizes"])
 
 
+def compose(first: PruneRecord, second: PruneRecord) -> PruneRecord:
+    """The record of pruning with ``first``, then pruning the result with ``second``: indices of the second
+    are positions among what the first kept; sizes stay those of the original architecture."""
+    out = PruneRecord({m: dict(r) for m, r in first.modules.items()}, {m: dict(r) for m, r in first.sizes.items()})
+    for module, roles in second.modules.items():
+        for role, idx in roles.items():
+            kept = first.modules.get(module, {}).get(role)
+            if kept is None:
+                out.modules.setdefault(module, {})[role] = list(idx)
+                out.sizes.setdefault(module, {})[role] = second.sizes[module][role]
+            else:
+                out.modules[module][role] = [kept[i] for i in idx]
+    return out
+
+
 # ------------------------------------------------------------------------------------------ indices
 
 

@@ -140,15 +140,25 @@ class _Spaces:
 
 class _Tracer(fx.Tracer):
     """torch.nn's own modules are leaves (the default); subclasses of Conv/Linear/BN with their own forward
-    are traced through, so their functional ops freeze what they touch rather than being taken as plain."""
+    are traced through, so their functional ops freeze what they touch rather than being taken as plain.
+    Modules matching ``leaves`` (the user's --ignore) are not traced into: code fx cannot trace can be
+    left whole that way (a leaf we do not know freezes its channels)."""
+
+    def __init__(self, leaves: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
+        import fnmatch
+
+        if any(fnmatch.fnmatchcase(qualified_name, p) for p in self.leaves):
+            return True
         return super().is_leaf_module(m, qualified_name)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, leaves: tuple[str, ...] = ()) -> fx.GraphModule:
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(tuple(leaves)).trace(model)
     except Exception as err:  # fx raises TraceError, TypeError, NotImplementedError, … on dynamic code
         text = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise FxTraceError(
@@ -189,9 +199,9 @@ def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
     return 0
 
 
-def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph:
+def analyse(model: nn.Module, example: tuple[torch.Tensor, ...], leaves: tuple[str, ...] = ()) -> ChannelGraph:
     """Trace ``model`` and return its channel groups (see the module docstring for the rules)."""
-    gm = trace(model)
+    gm = trace(model, leaves)
     with torch.no_grad():
         ShapeProp(gm).propagate(*example)
     modules = dict(gm.named_modules())
@@ -236,7 +246,6 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
         return fresh(node, why) if _shape(node) is not None else None
 
     for node in gm.graph.nodes:
-        where = node.target if node.op == "call_module" else node.name
         if node.op == "placeholder":
             layouts[node] = fresh(node, "a graph input")
             continue
@@ -252,8 +261,12 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
         if node.op == "call_module":
             module = modules[node.target]
             has_params = any(True for _ in module.parameters(recurse=False))
-            if has_params and calls[node.target] > 1:
+            has_state = has_params or any(True for _ in module.buffers(recurse=False))
+            if has_state and calls[node.target] > 1:
                 layouts[node] = freeze_all(node, f"{node.target} is called more than once")
+                continue
+            if module._forward_pre_hooks or module._forward_hooks:  # e.g. the old weight_norm rebuilds weights
+                layouts[node] = freeze_all(node, f"{node.target} has forward hooks")
                 continue
             if isinstance(module, _CONVS + _CONV_TRANSPOSES + (nn.Linear,)):
                 module_macs[node.target] = _macs(module, _shape(node) or (1,))
@@ -301,7 +314,9 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
                 spatial = int(torch.tensor(in_shape[2:]).prod()) if len(in_shape) > 2 else 1
                 layouts[node] = [Segment(s.space, s.size, s.repeat * spatial) for s in first]
             elif isinstance(module, _PASSTHROUGH_MODULES) and not has_params:
-                layouts[node] = first if channels(node) == channels(inputs[0]) else freeze_all(node, where)
+                ok = channels(node) == channels(inputs[0]) and _batched(type(module).__name__, inputs[0])
+                layouts[node] = first if ok else freeze_all(node, f"{type(module).__name__} {node.target} on a "
+                                                                  f"tensor of rank {len(_shape(inputs[0]) or ())}")
             else:
                 layouts[node] = freeze_all(node, f"{type(module).__name__} {node.target} (not understood)")
             continue
@@ -310,10 +325,12 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
         if node.op == "call_method":
             name = node.target
         shape = _shape(node)
-        if shape is None:  # sizes, tuples of sizes: no channel axis (tuples from chunk/split come below)
-            if node.op == "call_method" and name in ("chunk", "split", "unbind") or \
-                    node.op == "call_function" and node.target in (torch.chunk, torch.split, torch.unbind):
-                freeze(first, f"{name} of channels")
+        if shape is None:  # sizes and tuples: size queries read no channels; anything else (max, topk, chunk)
+            query = (node.op == "call_method" and name in ("size", "dim", "numel", "nelement")) or \
+                    (node.op == "call_function" and node.target in (getattr, len, operator.getitem))
+            if not query:
+                for arg in inputs:
+                    freeze(layouts.get(arg), f"{name} ({node.name}) returns several values")
             layouts[node] = None
             continue
         if node.op == "call_function" and node.target is operator.getitem:
@@ -325,7 +342,12 @@ def analyse(model: nn.Module, example: tuple[torch.Tensor, ...]) -> ChannelGraph
             continue
         passthrough = (node.op == "call_function" and node.target in _PASSTHROUGH_FUNCTIONS) or \
                       (node.op == "call_method" and name in _PASSTHROUGH_METHODS)
-        if passthrough and first is not None and channels(node) == channels(inputs[0]):
+        if passthrough and len(inputs) > 1 and name not in ("to", "type_as"):
+            layouts[node] = _elementwise(node, inputs, layouts, spaces, unite, freeze, fresh, channels)
+            continue
+        pooling = getattr(node.target, "__name__", "")
+        if passthrough and first is not None and channels(node) == channels(inputs[0]) and \
+                (node.op != "call_function" or _batched(pooling, inputs[0])):
             layouts[node] = first
             continue
         if (node.op == "call_function" and node.target in _ELEMENTWISE) or \
@@ -395,28 +417,54 @@ def _is_flatten(node: fx.Node, name: str, inputs: list[fx.Node]) -> bool:
 
 
 def _elementwise(node, inputs, layouts, spaces, unite, freeze, fresh, channels) -> Layout | None:
-    """Binary broadcast ops: operands with the full channel axis are tied; a size-1 axis broadcasts freely;
-    a constant or parameter operand that spans the channels freezes them (we would have to slice it)."""
-    out_c = channels(node)
+    """Binary broadcast ops. Broadcasting aligns dims from the right, so an operand of rank r in a result of
+    rank R has its channel axis at 1 − (R − r). Operands of the result's rank with the full channel axis are
+    tied; a size-1 axis broadcasts freely; a constant that spans the channels, or a channel-indexed operand
+    of another rank, freezes what it touches (we would have to slice it, or its channels sit elsewhere)."""
+    out_shape = _shape(node) or ()
+    rank = len(out_shape)
+    out_c = out_shape[1] if rank >= 2 else None
     result: Layout | None = None
-    for arg in inputs:
-        layout = layouts.get(arg)
-        c = channels(arg)
-        rank = len(_shape(arg) or ())
+    operands = [(arg, layouts.get(arg), _shape(arg) or ()) for arg in inputs]
+
+    def freeze_everything(why: str) -> None:
+        for _, lay, _ in operands:
+            freeze(lay, why)
+
+    frozen_why = None
+    for _arg, layout, shape in operands:
+        axis = 1 - (rank - len(shape))
+        size = shape[axis] if 0 <= axis < len(shape) else 1
         if layout is None:
-            if c is not None and c == out_c and c > 1 and rank == len(_shape(node) or ()):
-                result = result or fresh(node, f"{node.name}: a constant spans the channels")
-                for other in inputs:
-                    freeze(layouts.get(other), f"{node.name} combines the channels with a constant")
+            if size > 1 and out_c is not None and size == out_c:
+                frozen_why = f"{node.name}: a constant spans the channels"
             continue
-        if c == 1 and out_c != 1:
+        if len(shape) != rank:
+            frozen_why = f"{node.name}: a channel-indexed operand of rank {len(shape)} in a rank-{rank} result"
+            freeze(layout, frozen_why)
+            continue
+        if size == 1 and out_c != 1:
             continue  # broadcast along channels: no tie
         if result is None:
             result = layout
         elif not unite(result, layout, node.name):
-            freeze(result, f"{node.name}: operands concatenated differently")
-            freeze(layout, f"{node.name}: operands concatenated differently")
-    return result if result is not None else fresh(node)
+            frozen_why = f"{node.name}: operands concatenated differently"
+    if frozen_why:
+        freeze_everything(frozen_why)
+        freeze(result, frozen_why)
+    return result if result is not None else fresh(node, frozen_why)
+
+
+def _batched(kind: str, arg: fx.Node) -> bool:
+    """A pool/pad/upsample of d spatial dims reads an input of rank d + 1 as unbatched (its channels become
+    the batch, or worse the pooled axis): only rank d + 2 keeps the channel axis in place."""
+    rank = len(_shape(arg) or ())
+    for d in (1, 2, 3):
+        if f"{d}d" in kind.lower():
+            return rank == d + 2
+    if "upsampl" in kind.lower() or "interpolate" in kind.lower():
+        return rank >= 3
+    return True
 
 
 def _concat(node, inputs, layouts, unite, freeze, fresh) -> Layout | None:

@@ -207,3 +207,56 @@ def test_held_out_data_follows_the_calibration_samples_of_an_array_file(cli, tmp
     data = json.loads(report.read_text())
     assert data["eval"].endswith("samples 64..127 of 200")
     assert data["original_accuracy"] >= 95 and all(s["accuracy"] is not None for s in data["stages"])
+
+
+def test_ignore_makes_an_untraceable_part_a_leaf(cli, tmp_path):
+    """The trace error's advice works: --ignore NAME keeps fx out of that submodule, which stays whole."""
+    source = tmp_path / "gated.py"
+    source.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Gate(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x if x.mean() > 0 else -x  # data-dependent: fx cannot trace it\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a = nn.Conv2d(3, 16, 3, padding=1)\n"
+        "        self.b = nn.Conv2d(16, 16, 3, padding=1)\n"
+        "        self.gate = Gate()\n"
+        "        self.c = nn.Conv2d(16, 4, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.c(self.gate(self.b(torch.relu(self.a(x)))))\n\n"
+        "def build():\n    return Net()\n")
+    common = ["--shape", "1,3,16,16", "--ratio", "0.5", "--round-to", "1", "--no-measure"]
+    refused = cli("prune", f"{source}:build", "-o", tmp_path / "g.onnx", *common)
+    assert refused.exit_code == 2 and "--ignore" in refused.stderr
+    report = tmp_path / "g.json"
+    result = cli("prune", f"{source}:build", "-o", tmp_path / "g.onnx", *common, "--ignore", "gate", "--json", report)
+    assert result.exit_code == 0, result.output
+    after = {g["group"]: g["channels_after"] for g in json.loads(report.read_text())["groups"]}
+    assert after == {"a": 8}  # b's output goes through the leaf: kept whole
+
+
+def test_finetune_needs_class_logits(cli, tmp_path):
+    images = tmp_path / "x.npz"
+    np.savez(images, input=np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32))
+    spec = f"{__import__('pathlib').Path(__file__).parent / 'fixtures' / 'prune_unet.py'}:build"
+    result = cli("prune", spec, "--shape", "1,3,64,64", "-o", tmp_path / "u.onnx", "--ratio", "0.3", "--round-to",
+                 "1", "--no-measure", "--finetune", images)
+    assert result.exit_code == 2 and "--finetune distils class logits" in result.stderr
+    assert not (tmp_path / "u.onnx").exists()
+
+
+def test_pruning_a_pruned_model_still_reloads_on_the_original(cli, tmp_path):
+    first, second = tmp_path / "p1.onnx", tmp_path / "p2.onnx"
+    common = ["--round-to", "1", "--no-measure", "--samples", "16"]
+    assert cli("prune", "tiny-resnet", "-o", first, "--ratio", "0.3", *common).exit_code == 0
+    result = cli("prune", "tiny-resnet", "-w", first.with_suffix(".safetensors"), "-o", second, "--ratio", "0.3",
+                 "--json", tmp_path / "p2.json", *common)
+    assert result.exit_code == 0, result.output
+    assert "record and this one are composed" in result.output
+    check = cli("check", "tiny-resnet", second, "-w", second.with_suffix(".safetensors"))
+    assert check.exit_code == 0, check.output
+    reloaded = load_artifact("tiny-resnet", weights=str(second.with_suffix(".safetensors")))
+    params, _ = count(reloaded.module, tuple(torch.zeros(s) for s in reloaded.example_shapes))
+    assert params == json.loads((tmp_path / "p2.json").read_text())["params"]["after"]

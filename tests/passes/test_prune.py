@@ -259,3 +259,59 @@ def test_user_fpn_with_flatten_upsample_interpolate_and_pad():
     with torch.no_grad():
         for expected, got in zip(_zeroed(model, plans)(x), pruned(x)):
             assert float((expected - got).abs().max() / expected.abs().max()) < 1e-5
+
+
+class _Two(nn.Module):
+    """Two 8-channel convs of one input, combined by ``combine`` (the traps found in review)."""
+
+    def __init__(self, combine, bn: nn.Module | None = None, head: nn.Module | None = None):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 3, padding=1)
+        self.g = nn.Parameter(torch.rand(8, 1, 1) + 0.5)  # a layer scale
+        self.bn = bn or nn.Identity()
+        self.combine = combine
+        self.c = head or nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c(self.combine(self, self.a(x), self.b(x)))
+
+
+TRAPS = {
+    "clamp by a tensor": (lambda m, a, b: a.clamp(max=b), None, None),
+    "max over channels": (lambda m, a, b: a - torch.max(a, 1, keepdim=True)[0] + b, None, None),
+    "tensor_split of channels": (lambda m, a, b: torch.tensor_split(a, 2, 1)[0].repeat(1, 2, 1, 1) * b, None, None),
+    "layer scale (C,1,1)": (lambda m, a, b: a * m.g + b, None, None),
+    "shared BN without affine": (lambda m, a, b: torch.cat([m.bn(a), m.bn(b)], 1), nn.BatchNorm2d(8, affine=False),
+                                 nn.Conv2d(16, 4, 1)),
+    "lower-rank channel operand": (lambda m, a, b: a * b.mean((2, 3))[:, :, None, None] + b, None, None),
+}
+
+
+@pytest.mark.parametrize("trap", list(TRAPS))
+def test_review_traps_prune_exactly_or_stay_whole(trap):
+    combine, bn, head = TRAPS[trap]
+    model = make_realistic(_Two(combine, bn, head), (1, 3, 16, 16))
+    x = torch.randn(2, 3, 16, 16)
+    graph = analyse(model, (x,))
+    plans = plan_uniform(graph, channel_scores(model, graph), 0.5)
+    pruned, _ = apply_plans(model, graph, plans)
+    with torch.no_grad():
+        expected, got = _zeroed(model, plans)(x), pruned(x)
+    assert float((expected - got).abs().max() / expected.abs().max()) < 1e-5, trap
+
+
+def test_pool_on_an_unbatched_looking_tensor_is_not_taken_for_channelwise():
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.pool, self.b = nn.Linear(12, 8), nn.MaxPool1d(3, 1, 1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.b(self.pool(self.a(x)))  # MaxPool1d on (N, 8) pools over the features
+
+    model = Seq()
+    x = torch.randn(2, 12)
+    graph = analyse(model, (x,))
+    assert not graph.prunable()
+    assert any("MaxPool1d" in r for g in graph.groups for r in g.frozen)
