@@ -260,3 +260,11 @@ def test_pruning_a_pruned_model_still_reloads_on_the_original(cli, tmp_path):
     reloaded = load_artifact("tiny-resnet", weights=str(second.with_suffix(".safetensors")))
     params, _ = count(reloaded.module, tuple(torch.zeros(s) for s in reloaded.example_shapes))
     assert params == json.loads((tmp_path / "p2.json").read_text())["params"]["after"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: torch-cuda is available")
+def test_missing_backend_is_exit_3_before_any_work(cli, tmp_path):
+    out = tmp_path / "c.onnx"
+    result = cli("prune", "tiny-resnet", "-o", out, "--latency", "0.5", "--backend", "torch-cuda")
+    assert result.exit_code == 3 and "--backend torch-cuda unavailable here" in result.stderr
+    assert not out.exists()

@@ -90,9 +90,16 @@ def prune(
     from ..backends import get_runner_class
 
     try:
-        get_runner_class(backend)
+        runner = get_runner_class(backend)
     except KeyError as error:
         raise BadInputError(f"--backend {backend}: {str(error).strip(chr(39))}") from None
+    if measure or latency is not None:  # before any work: the timing would fail at the end
+        ok, why = runner.available()
+        if not ok:
+            from ..errors import MissingDependencyError
+
+            raise MissingDependencyError(f"--backend {backend} unavailable here: {why} (or --no-measure with "
+                                         f"--ratio/--macs)")
     if not str(output).lower().endswith(".onnx"):
         raise BadInputError(f"-o {output}: give an .onnx path (the .safetensors goes beside it)")
     side = safetensors_path_for(output)
