@@ -118,13 +118,11 @@ def agreement(a: nn.Module, b: nn.Module, inputs: np.ndarray, batch: int = 64) -
     return 100.0 * same / max(len(inputs), 1)
 
 
-def accuracy(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, batch: int = 100) -> float:
-    correct = 0
-    with torch.no_grad():
-        for begin in range(0, len(inputs), batch):
-            x = torch.from_numpy(np.ascontiguousarray(inputs[begin:begin + batch], dtype=np.float32))
-            correct += int((model.eval()(x).argmax(1).numpy() == labels[begin:begin + batch]).sum())
-    return 100.0 * correct / max(len(inputs), 1)
+def accuracy(model: nn.Module, inputs: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in % (the digits harness's evaluation, on any classifier)."""
+    from .digits import evaluate, torch_logits
+
+    return evaluate(torch_logits(model), np.ascontiguousarray(inputs, dtype=np.float32), labels)
 
 
 def output_sqnr(reference: nn.Module, candidate: nn.Module, inputs: np.ndarray, batch: int = 64) -> float:

@@ -21,6 +21,7 @@ through such ops, which is how channel shuffle and 1-channel convs end up mis-gr
 
 from __future__ import annotations
 
+import fnmatch
 import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -149,8 +150,6 @@ class _Tracer(fx.Tracer):
         self.leaves = leaves
 
     def is_leaf_module(self, m: nn.Module, qualified_name: str) -> bool:
-        import fnmatch
-
         if any(fnmatch.fnmatchcase(qualified_name, p) for p in self.leaves):
             return True
         return super().is_leaf_module(m, qualified_name)
