@@ -19,17 +19,19 @@ from .spec import Artifact
 
 
 def default_backend(artifact: Artifact) -> str:
-    return "torch-cpu" if artifact.kind == "torch" else "ort-cpu"
+    return {"torch": "torch-cpu", "engine": "trt"}.get(artifact.kind, "ort-cpu")
 
 
 def runnable(artifact: Artifact, backend: str, stack: contextlib.ExitStack) -> tuple[Artifact, list[str]]:
     """The artifact in the form ``backend`` runs: a torch model asked to run on ONNX Runtime is exported
     to a temporary file first (unverified: the comparison itself is the verification)."""
     cls = get_runner_class(backend)
-    if cls.artifact_kind == artifact.kind:
+    if cls.artifact_kind == artifact.kind or artifact.kind in cls.also_runs:
         return artifact, []
+    if artifact.kind == "engine":
+        raise BadInputError(f"{artifact.label}: a TensorRT engine runs on the trt backend only")
     if artifact.kind == "onnx":
-        raise BadInputError(f"{artifact.label}: {backend} runs PyTorch models; run ONNX files on ort-cpu or ort-cuda")
+        raise BadInputError(f"{artifact.label}: {backend} runs PyTorch models; run ONNX files on ort-cpu, ort-cuda or trt")
     from .export import export_onnx
     from .spec import load_onnx_artifact
 

@@ -45,10 +45,11 @@ class Artifact:
     """A loaded model: a torch module or an ONNX file, with its input specs."""
 
     label: str  # what the user wrote (or a name for derived artifacts)
-    kind: str  # "torch" or "onnx"
+    kind: str  # "torch", "onnx" or "engine" (a TensorRT engine with its deploy record)
     inputs: list[TensorSpec]
     module: nn.Module | None = None
     onnx_path: Path | None = None
+    engine_path: Path | None = None
     num_classes: int | None = None
     example_shape: tuple[int, ...] | None = None  # torch: the first input's concrete shape (export, FLOPs)
     notes: list[str] = field(default_factory=list)  # how it was made, for reports
@@ -69,6 +70,8 @@ class Artifact:
     def files(self) -> list[tuple[str, Path]]:
         """The files this artifact was read from (for provenance and the inputs-are-sacred check)."""
         found = [("model", self.onnx_path)] if self.onnx_path is not None else []
+        if self.engine_path is not None:
+            found.append(("engine", self.engine_path))
         if self.origin:
             if self.origin.get("file"):
                 found.append(("model code", Path(self.origin["file"])))
@@ -147,6 +150,42 @@ def is_onnx_spec(spec: str) -> bool:
     return spec.lower().endswith(".onnx")
 
 
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def is_engine_spec(spec: str) -> bool:
+    return spec.lower().endswith(ENGINE_SUFFIXES)
+
+
+def load_engine_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes | None = None) -> Artifact:
+    """A TensorRT engine, described by the record `deploy build` wrote beside it (its inputs and profile):
+    loading needs no TensorRT, running needs the trt backend."""
+    from .build import read_sidecar
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    record = read_sidecar(path)
+    inputs = list(record.inputs)
+    if shape:
+        raise BadInputError(f"{path}: an engine's input shapes are its build profile; --shape does not apply "
+                            f"(rebuild with --profile)")
+    profile = record.profile()
+    # the profile's opt shape fills dims the ONNX left free (a dynamic batch stays dynamic)
+    filled = []
+    for spec in inputs:
+        r = profile.get(spec.name)
+        dims = tuple(d if (isinstance(d, int) and d > 0) or i == 0 or r is None else r.opt[i]
+                     for i, d in enumerate(spec.shape))
+        filled.append(TensorSpec(spec.name, dims, spec.dtype))
+    outputs = record.outputs
+    num_classes = outputs[0].shape[1] if len(outputs) == 1 and len(outputs[0].shape) == 2 and \
+        isinstance(outputs[0].shape[1], int) and outputs[0].shape[1] > 0 else None
+    return Artifact(str(path), "engine", filled, engine_path=path, num_classes=num_classes,
+                    notes=[f"TensorRT {record.tensorrt} engine {path} ({record.plan.get('precision')}, built from "
+                           f"{record.onnx} for {record.gpu})"])
+
+
 def load_artifact(
     spec: str,
     *,
@@ -164,6 +203,10 @@ def load_artifact(
         if weights:
             raise BadInputError(f"{spec}: --weights applies to PyTorch models; an ONNX file carries its weights")
         return load_onnx_artifact(spec, shapes)
+    if is_engine_spec(spec):
+        if weights:
+            raise BadInputError(f"{spec}: --weights applies to PyTorch models; an engine carries its weights")
+        return load_engine_artifact(spec, shapes)
     head, call = split_call(spec)
     args, kwargs = call or ([], {})
     origin = {"spec": spec, "weights": weights, "shapes": {k or "": list(v) for k, v in (shapes or {}).items()}}

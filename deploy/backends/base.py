@@ -56,6 +56,7 @@ class Runner(ABC):
     name: ClassVar[str]
     device: ClassVar[str] = "cpu"
     artifact_kind: ClassVar[str]  # "torch" or "onnx": what this runner executes natively
+    also_runs: ClassVar[tuple[str, ...]] = ()  # other artifact kinds it loads as they are ("engine" for trt)
 
     def __init__(self, artifact, threads: int | None = None, allow_spinning: bool = True):
         self.artifact = artifact

@@ -8,9 +8,10 @@ from ..errors import BadInputError
 from .base import Runner
 from .ort_runner import OrtCudaRunner, OrtRunner
 from .torch_runner import TorchCudaRunner, TorchRunner
+from .trt_runner import TrtRunner
 
 BACKENDS: dict[str, type[Runner]] = {
-    cls.name: cls for cls in (TorchRunner, OrtRunner, TorchCudaRunner, OrtCudaRunner)
+    cls.name: cls for cls in (TorchRunner, OrtRunner, TorchCudaRunner, OrtCudaRunner, TrtRunner)
 }
 
 

@@ -107,10 +107,13 @@ def spec_inputs(role: str, spec: str | None) -> list[tuple[str, str | None]]:
     is recorded by name), and the .py of path/to/file.py:factory."""
     if spec is None:
         return []
-    from ..spec import is_onnx_spec, split_call
+    from ..build import sidecar_path
+    from ..spec import is_engine_spec, is_onnx_spec, split_call
 
     if is_onnx_spec(spec):
         return [(role, spec)]
+    if is_engine_spec(spec):
+        return [(role, spec), (f"{role} record", str(sidecar_path(spec)))]
     head, _ = split_call(spec)
     target = head.rpartition(":")[0]
     return [(role, spec)] + ([(f"{role} code", target)] if target.endswith(".py") else [])

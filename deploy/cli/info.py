@@ -80,6 +80,8 @@ def inspect(
 @verb(epilog=examples("deploy backends", "deploy backends --json backends.json"))
 def backends(json_path: Json = None) -> None:
     """List each backend: what it runs, on which device, and why it is unavailable here when it is."""
+    from rich.markup import escape
+
     from ..backends import backend_status
     from ..report import write_json
 
@@ -90,8 +92,9 @@ def backends(json_path: Json = None) -> None:
     for col in ("backend", "runs", "device", "available", "detail"):
         table.add_column(col)
     for s in statuses:
-        table.add_row(s.name, "PyTorch models" if s.runs == "torch" else "ONNX files", s.device,
-                      "[green]yes[/green]" if s.available else "[red]no[/red]", s.detail)
+        runs = "PyTorch models" if s.runs == "torch" else "ONNX files, engines" if s.name == "trt" else "ONNX files"
+        table.add_row(s.name, runs, s.device,
+                      "[green]yes[/green]" if s.available else "[red]no[/red]", escape(s.detail))
     out.print(table)
     if json_path:
         write_json(json_path, [s.__dict__ for s in statuses])

@@ -1,0 +1,281 @@
+"""The ``trt`` backend: a TensorRT engine run by tensor name on a CUDA stream.
+
+It runs a built engine (``deploy build``'s ``.engine`` with its ``.engine.json`` record, checked against
+this machine before loading) or an ONNX file, which it builds on first use at each batch size — profile
+min 1, opt = that batch, max = max(batch, 8), the file's own precision — and caches by the file's hash,
+the TensorRT version and the GPU under ``~/.cache/deploy/engines``.
+
+Device buffers come from torch's CUDA allocator when torch has CUDA, else from pycuda. I/O is bound
+with ``set_input_shape``/``set_tensor_address`` and run with ``execute_async_v3``; the timer records CUDA
+events around the device work (``include_copies`` adds the host↔device copies), and with torch it can
+replay the run as a captured CUDA graph.
+
+Not run by this project's tests: no machine here has TensorRT (see the README's TensorRT section).
+Convention for the API-surface test: TensorRT objects live in ``runtime``, ``engine``, ``context`` and
+``logger`` (or ``self._runtime``, …).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadInputError, MissingDependencyError
+from .base import Runner
+
+DEFAULT_MAX_BATCH = 8
+
+
+class TrtRunner(Runner):
+    name = "trt"
+    device = "cuda"
+    artifact_kind = "onnx"
+    also_runs = ("engine",)
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        from ..gpu import trt_status
+
+        status = trt_status()
+        return status.ok, status.detail
+
+    def load(self) -> None:
+        ok, why = self.available()
+        if not ok:
+            raise MissingDependencyError(f"{self.name} unavailable: {why}")
+        from ..gpu import import_tensorrt
+
+        self._trt = import_tensorrt()
+        trt = self._trt
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._device = _device_memory()
+        self._engines: dict[int, tuple] = {}  # batch → (engine, context, profile); one entry for an engine file
+        if self.artifact.kind == "engine":
+            self._engines[0] = self._deserialize(Path(self.artifact.engine_path), check=True)
+        elif self.artifact.onnx_path is None:
+            raise BadInputError(f"{self.artifact.label}: {self.name} needs an ONNX file or an engine; export it first")
+
+    def close(self) -> None:
+        self._engines = {}
+        self._runtime = None
+
+    # -- engines --------------------------------------------------------------------------------------
+
+    def _deserialize(self, path: Path, check: bool) -> tuple:
+        from ..build import read_sidecar, require_compatible
+        from ..gpu import device_facts
+
+        data = path.read_bytes()
+        record = read_sidecar(path)
+        if check:
+            require_compatible(record, path, self._trt.__version__, device_facts(), data)
+        runtime = self._runtime
+        engine = runtime.deserialize_cuda_engine(data)
+        if engine is None:
+            raise BadInputError(f"{path}: TensorRT could not deserialize it (built elsewhere?): rebuild with "
+                                f"`deploy build {record.onnx} -o {path}`")
+        context = engine.create_execution_context()
+        return engine, context, record.profile()
+
+    def _for_batch(self, batch: int) -> tuple:
+        if 0 in self._engines:
+            engine, context, shapes_by_input = self._engines[0]
+            for spec in self.input_specs:
+                shapes = shapes_by_input.get(spec.name)
+                if shapes is not None and not shapes.min[0] <= batch <= shapes.max[0]:
+                    raise BadInputError(f"{self.artifact.label}: batch {batch} is outside the engine's profile "
+                                        f"({shapes.describe()} for '{spec.name}'): rebuild with --max-batch {batch}")
+            return self._engines[0]
+        if batch not in self._engines:
+            self._engines[batch] = self._deserialize(self._cached_build(batch), check=False)
+        return self._engines[batch]
+
+    def _cached_build(self, batch: int) -> Path:
+        from ..build import BuildOptions, build_engine, file_sha256
+        from ..digits import default_cache_dir
+        from ..gpu import device_facts
+
+        options = BuildOptions(batch=(1, batch, max(batch, DEFAULT_MAX_BATCH)))
+        facts = device_facts()
+        key = hashlib.sha256("|".join([file_sha256(self.artifact.onnx_path), str(options.to_dict()),
+                                       self._trt.__version__, str(facts.get("gpu")),
+                                       str(facts.get("compute_capability"))]).encode()).hexdigest()[:20]
+        folder = default_cache_dir() / "engines"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{key}.engine"
+        if not path.exists():
+            build_engine(self.artifact.onnx_path, path, options)
+        return path
+
+    # -- running --------------------------------------------------------------------------------------
+
+    def _bind(self, feeds: dict[str, np.ndarray]):
+        """Inputs uploaded, outputs allocated, every address bound: (context, device inputs, outputs)."""
+        trt = self._trt
+        batch = next(iter(feeds.values())).shape[0] if feeds else 1
+        engine, context, _ = self._for_batch(batch)
+        staged, outputs = {}, {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+                array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
+                context.set_input_shape(name, array.shape)
+                staged[name] = self._device.upload(array)
+                context.set_tensor_address(name, self._device.address(staged[name]))
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
+                shape = tuple(context.get_tensor_shape(name))
+                outputs[name] = self._device.empty(shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+                context.set_tensor_address(name, self._device.address(outputs[name]))
+        return context, staged, outputs
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        context, _, outputs = self._bind(feeds)
+        if not context.execute_async_v3(self._device.stream_handle):
+            raise BadInputError(f"{self.artifact.label}: TensorRT's execute_async_v3 failed (see its log)")
+        self._device.synchronize()
+        return {name: self._device.download(buffer) for name, buffer in outputs.items()}
+
+    def timer(self, feeds: dict[str, np.ndarray], include_copies: bool = False, cuda_graphs: bool = False):
+        self.validate(feeds)
+        context, staged, outputs = self._bind(feeds)
+        device = self._device
+        hosts = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+
+        def enqueue() -> None:
+            if include_copies:
+                for name, array in hosts.items():
+                    device.copy_in(staged[name], array)
+            context.execute_async_v3(device.stream_handle)
+            if include_copies:
+                for buffer in outputs.values():
+                    device.copy_out(buffer)
+
+        if cuda_graphs and not include_copies:
+            enqueue()  # TensorRT sets up shape-dependent state on the first run, outside the capture
+            device.synchronize()
+            enqueue = device.capture(enqueue)
+
+        def once() -> float:
+            return device.time(enqueue)
+
+        return once
+
+
+def _device_memory():
+    """Device buffers and a stream: torch's when torch has CUDA, else pycuda's."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return _TorchDevice(torch)
+    except ImportError:
+        pass
+    try:
+        return _PycudaDevice()
+    except ImportError:
+        raise MissingDependencyError("trt unavailable: neither torch with CUDA nor pycuda is installed "
+                                     "(pip install '.[trt]')") from None
+
+
+class _TorchDevice:
+    def __init__(self, torch):
+        self.torch = torch
+        self.stream = torch.cuda.Stream()
+        self.stream_handle = self.stream.cuda_stream
+
+    def _dtype(self, dtype: np.dtype):
+        return self.torch.from_numpy(np.empty(0, dtype)).dtype
+
+    def empty(self, shape, dtype: np.dtype):
+        return self.torch.empty(shape, dtype=self._dtype(dtype), device="cuda")
+
+    def upload(self, array: np.ndarray):
+        with self.torch.cuda.stream(self.stream):
+            return self.torch.from_numpy(array).to("cuda", non_blocking=False)
+
+    def address(self, tensor) -> int:
+        return tensor.data_ptr()
+
+    def copy_in(self, tensor, array: np.ndarray) -> None:
+        with self.torch.cuda.stream(self.stream):
+            tensor.copy_(self.torch.from_numpy(array), non_blocking=True)
+
+    def copy_out(self, tensor) -> None:
+        with self.torch.cuda.stream(self.stream):
+            tensor.to("cpu", non_blocking=True)
+
+    def download(self, tensor) -> np.ndarray:
+        return tensor.cpu().numpy()
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def capture(self, enqueue):
+        graph = self.torch.cuda.CUDAGraph()
+        with self.torch.cuda.graph(graph, stream=self.stream):
+            enqueue()
+        return graph.replay
+
+    def time(self, enqueue) -> float:
+        start = self.torch.cuda.Event(enable_timing=True)
+        end = self.torch.cuda.Event(enable_timing=True)
+        with self.torch.cuda.stream(self.stream):
+            start.record()
+            enqueue()
+            end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+
+
+class _PycudaDevice:
+    """pycuda buffers: (device allocation, shape, dtype) triples; no CUDA graphs."""
+
+    def __init__(self):
+        import pycuda.autoinit  # noqa: F401  creates the context on device 0
+        import pycuda.driver as cuda
+
+        self.cuda = cuda
+        self.stream = cuda.Stream()
+        self.stream_handle = self.stream.handle
+
+    def empty(self, shape, dtype: np.dtype):
+        return self.cuda.mem_alloc(max(1, int(np.prod(shape)) * dtype.itemsize)), tuple(shape), dtype
+
+    def upload(self, array: np.ndarray):
+        buffer = self.empty(array.shape, array.dtype)
+        self.cuda.memcpy_htod(buffer[0], array)
+        return buffer
+
+    def address(self, buffer) -> int:
+        return int(buffer[0])
+
+    def copy_in(self, buffer, array: np.ndarray) -> None:
+        self.cuda.memcpy_htod_async(buffer[0], array, self.stream)
+
+    def copy_out(self, buffer) -> None:
+        host = self.cuda.pagelocked_empty(buffer[1], buffer[2])
+        self.cuda.memcpy_dtoh_async(host, buffer[0], self.stream)
+
+    def download(self, buffer) -> np.ndarray:
+        host = np.empty(buffer[1], buffer[2])
+        self.cuda.memcpy_dtoh(host, buffer[0])
+        return host
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def capture(self, enqueue):
+        raise MissingDependencyError("trt --cuda-graphs needs torch with CUDA (pycuda buffers cannot be captured here)")
+
+    def time(self, enqueue) -> float:
+        start, end = self.cuda.Event(), self.cuda.Event()
+        start.record(self.stream)
+        enqueue()
+        end.record(self.stream)
+        end.synchronize()
+        return start.time_till(end) / 1000.0
