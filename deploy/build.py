@@ -102,7 +102,8 @@ def parse_profile(values: Sequence[str] | None) -> dict[str, ShapeRange]:
 
 
 def profile_for(inputs: Sequence[TensorSpec], batch: tuple[int, int, int],
-                given: dict[str, ShapeRange] | None = None, where: str = "model") -> tuple[dict[str, ShapeRange], list[str]]:
+                given: dict[str, ShapeRange] | None = None,
+                where: str = "model") -> tuple[dict[str, ShapeRange], list[str]]:
     """The optimization profile for ``inputs``: a dynamic batch (dim 0) gets ``batch`` = (min, opt, max),
     fixed dims are kept, any other dynamic dim needs ``--profile``; ``given`` ranges are checked against
     the file's fixed dims. Returns the profile and notes on what was assumed."""
@@ -139,7 +140,7 @@ def profile_for(inputs: Sequence[TensorSpec], batch: tuple[int, int, int],
             else:
                 raise BadInputError(f"{where}: input '{spec.name}' dim {axis} is dynamic ({spec.shape[axis]!r}); "
                                     f"give its range with --profile {spec.name}=MIN:OPT:MAX")
-        if fixed and fixed[0] is not None and (lo, opt, hi) != (1, 1, 1) and fixed[0] not in (lo, hi):
+        if fixed and fixed[0] is not None and (lo, opt, hi) != (fixed[0],) * 3:
             notes.append(f"input '{spec.name}' has a fixed batch of {fixed[0]}: the batch range does not apply")
         shapes[spec.name] = ShapeRange(*(tuple(d[i] for d in dims) for i in range(3)))
     return shapes, notes
@@ -634,7 +635,8 @@ def _trt_build(trt, plan: BuildPlan, source: Path, calibration: bytes | None,
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(source)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise BadInputError(f"{plan.onnx}: TensorRT's ONNX parser refused it: {errors[0] if errors else 'no reason given'}"
+        first = errors[0] if errors else "no reason given"
+        raise BadInputError(f"{plan.onnx}: TensorRT's ONNX parser refused it: {first}"
                             + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)

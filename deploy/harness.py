@@ -31,7 +31,8 @@ def runnable(artifact: Artifact, backend: str, stack: contextlib.ExitStack) -> t
     if artifact.kind == "engine":
         raise BadInputError(f"{artifact.label}: a TensorRT engine runs on the trt backend only")
     if artifact.kind == "onnx":
-        raise BadInputError(f"{artifact.label}: {backend} runs PyTorch models; run ONNX files on ort-cpu, ort-cuda or trt")
+        raise BadInputError(f"{artifact.label}: {backend} runs PyTorch models; run ONNX files on ort-cpu, "
+                            f"ort-cuda or trt")
     from .export import export_onnx
     from .spec import load_onnx_artifact
 

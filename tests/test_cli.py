@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo", "digits"]
+VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo", "digits", "build"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -81,7 +81,7 @@ def test_backends_lists_reasons(cli, tmp_path):
     assert result.exit_code == 0
     rows = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())}
     assert rows["torch-cpu"]["available"] and rows["ort-cpu"]["available"]
-    assert set(rows) == {"torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda"}
+    assert set(rows) == {"torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda", "trt"}
     for row in rows.values():
         assert row["detail"]  # a version when available, a reason when not
 

@@ -23,7 +23,8 @@ class OrtRunner(Runner):
         except ImportError:
             return False, "onnxruntime is not installed (pip install onnxruntime)"
         if cls.provider not in ort.get_available_providers():
-            return False, f"onnxruntime {ort.__version__} has no {cls.provider} (pip install '.[cuda]' for onnxruntime-gpu)"
+            return False, (f"onnxruntime {ort.__version__} has no {cls.provider} "
+                           f"(pip install '.[cuda]' for onnxruntime-gpu)")
         return True, f"onnxruntime {ort.__version__}"
 
     def session_options(self):

@@ -131,12 +131,21 @@ def guard(inputs: list[tuple[str, str | os.PathLike | None]], outputs: list[tupl
     _outputs.set((*_outputs.get(), *outputs))
 
 
-def load(spec: str, weights: str | None = None, shape: list[str] | None = None):
+def load(spec: str, weights: str | None = None, shape: list[str] | None = None, engines: bool = False):
     """Load a model spec; then check the guarded outputs again against the files it was read from
-    (``pkg.module:factory`` names its source file only once imported)."""
+    (``pkg.module:factory`` names its source file only once imported). ``engines``: the verb takes a
+    TensorRT engine (check, bench, inspect); the others work on the ONNX an engine was built from."""
+    from ..errors import BadInputError
     from ..files import check_paths
-    from ..spec import load_artifact, parse_shapes
+    from ..spec import is_engine_spec, load_artifact, parse_shapes
 
+    if is_engine_spec(spec) and not engines:
+        from ..build import read_sidecar
+
+        source = read_sidecar(spec).onnx if Path(f"{spec}.json").is_file() else "the ONNX it was built from"
+        verb = _current.get()[0] or "this verb"
+        raise BadInputError(f"{spec}: a TensorRT engine is a final artifact; {verb} works on {source} "
+                            f"(check and bench run engines)")
     shapes = parse_shapes(shape)
     with err.status(f"loading {spec}", spinner="dots"):
         artifact = load_artifact(spec, weights=weights, shape=shapes)

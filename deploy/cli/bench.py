@@ -82,7 +82,7 @@ def bench(
                          cuda_graphs=cuda_graphs, per_artifact=per_artifact, ort_spinning=ort_spinning,
                          gap=gap_ms / 1e3, memory=memory)
     checkpoints = {0: weights, 1: weights_b}
-    specs = [(spec, load(spec, checkpoints.get(i), shape)) for i, spec in enumerate(artifacts)]
+    specs = [(spec, load(spec, checkpoints.get(i), shape, engines=True)) for i, spec in enumerate(artifacts)]
     with err.status("benchmarking", spinner="dots") as status:
         report = run_bench(specs, backends, config, tick=lambda msg: status.update(msg))
     report.max_ratio = max_ratio

@@ -47,9 +47,11 @@ def build(
                                                 "with .engine), with its record MODEL.engine.json beside it.")] = None,
     precision: Annotated[str, typer.Option(help="auto (what the file carries: Q/DQ → int8, float16 → fp16, "
                                            "else fp32), fp32, fp16 or int8. TensorRT 11: fp16/int8 of a float file "
-                                           "convert it with deploy's passes first; TensorRT 10: builder flags.")] = "auto",
-    ranges: Annotated[Path | None, typer.Option("--ranges", help="Our ranges table (OUT.ranges.json from `deploy "
-                                                "quantize`): int8 scales for --precision int8 of a float file.")] = None,
+                                           "convert it with deploy's passes first; TensorRT 10: builder "
+                                           "flags.")] = "auto",
+    ranges: Annotated[Path | None, typer.Option("--ranges", help="Our ranges table (OUT.ranges.json from "
+                                                "`deploy quantize`): int8 scales for --precision int8 of a float "
+                                                "file.")] = None,
     min_batch: Annotated[int, typer.Option("--min-batch", help="Smallest batch of a dynamic batch dim.")] = 1,
     opt_batch: Annotated[int | None, typer.Option("--opt-batch", help="The batch TensorRT tunes kernels for "
                                                   "(default: --max-batch).")] = None,

@@ -74,8 +74,8 @@ def check(
         if name:
             get_runner_class(name)
     threads = resolve_threads(threads)
-    a = load(reference, weights, shape)
-    b = load(candidate, weights_b, shape)
+    a = load(reference, weights, shape, engines=True)
+    b = load(candidate, weights_b, shape, engines=True)
     with Progress(TextColumn("running"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
         task = bar.add_task("run", total=None)
         report = check_artifacts(a, b, backend_reference=backend_a, backend_candidate=backend_b, samples=samples,

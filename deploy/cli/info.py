@@ -44,6 +44,25 @@ def zoo(
         write_json(json_path, rows)  # a list of models, as before: the zoo is not an artifact report
 
 
+def _print_engine(artifact, json_path, inputs) -> None:
+    """An engine's record: what it was built from, for which TensorRT and GPU, its profile and I/O."""
+    from ..build import read_sidecar
+
+    record = read_sidecar(artifact.engine_path)
+    plan = record.plan
+    rows = [("built from", f"{record.onnx} (sha256 {record.onnx_sha256[:12]}…)"),
+            ("TensorRT", f"{record.tensorrt} ({'strongly typed' if plan.get('strongly_typed') else 'weakly typed'}"
+                         f", {plan.get('precision')}, flags {', '.join(plan.get('builder_flags') or []) or 'none'})"),
+            ("GPU", f"{record.gpu} (compute capability {record.compute_capability}), driver {record.driver}, "
+                    f"CUDA {record.cuda}"),
+            ("built", f"{record.built} in {record.build_seconds:.1f} s by deploy {record.deploy}")]
+    rows += [(f"profile {name}", shapes.describe()) for name, shapes in record.profile().items()]
+    rows += [(f"output {s.name}", "x".join(map(str, s.shape)) + f" {s.dtype}") for s in record.outputs]
+    for key, value in rows:
+        out.print(f"{key:>16}: {value}", markup=False)
+    write_report(json_path, record.to_dict(), inputs=inputs)
+
+
 @verb(epilog=examples("deploy inspect resnet50", "deploy inspect resnet50.onnx --no-layers",
                       "deploy inspect path/to/net.py:build --shape 1,3,256,256 --json net.json"))
 def inspect(
@@ -59,7 +78,10 @@ def inspect(
 
     inputs = [*spec_inputs("MODEL", model), ("--weights", weights)]
     guard(inputs, [("--json", json_path)])
-    artifact = load(model, weights, shape)
+    artifact = load(model, weights, shape, engines=True)
+    if artifact.kind == "engine":
+        _print_engine(artifact, json_path, inputs)
+        return
     report = inspect_artifact(artifact)
     if layers:
         table = Table(title=f"{report.model} — layers")
