@@ -302,3 +302,15 @@ def test_inspect_shows_an_engine_record_and_transforming_verbs_point_to_its_onnx
         result = cli(*verb)
         assert result.exit_code == 2 and f"works on {tiny_onnx}" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.engine", "tiny.engine.json"]
+
+
+def test_the_trt_runner_builds_onnx_files_with_the_shapes_the_user_gave(tiny_onnx):
+    from deploy.backends.trt_runner import TrtRunner
+    from deploy.spec import Artifact
+
+    artifact = Artifact("net.onnx", "onnx", [TensorSpec("images", ("batch", 3, 64, 48)), TensorSpec("meta", (1, 4)),
+                                            TensorSpec("free", ("batch", 3, "h", "w"))], onnx_path=tiny_onnx)
+    shapes = TrtRunner(artifact)._profile_from_specs(16)
+    assert shapes["images"] == ShapeRange((1, 3, 64, 48), (16, 3, 64, 48), (16, 3, 64, 48))
+    assert shapes["meta"] == ShapeRange((1, 4), (1, 4), (1, 4)) and "free" not in shapes
+    assert TrtRunner(artifact)._profile_from_specs(2)["images"].max[0] == 8  # at least batch 8 in one engine

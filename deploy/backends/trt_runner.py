@@ -98,7 +98,8 @@ class TrtRunner(Runner):
         from ..digits import default_cache_dir
         from ..gpu import device_facts
 
-        options = BuildOptions(batch=(1, batch, max(batch, DEFAULT_MAX_BATCH)))
+        options = BuildOptions(batch=(1, batch, max(batch, DEFAULT_MAX_BATCH)),
+                               profile=self._profile_from_specs(batch))
         facts = device_facts()
         key = hashlib.sha256("|".join([file_sha256(self.artifact.onnx_path), str(options.to_dict()),
                                        self._trt.__version__, str(facts.get("gpu")),
@@ -107,8 +108,28 @@ class TrtRunner(Runner):
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{key}.engine"
         if not path.exists():
-            build_engine(self.artifact.onnx_path, path, options)
+            try:
+                build_engine(self.artifact.onnx_path, path, options)
+            except BadInputError as err:
+                raise BadInputError(f"{err} (or build the engine yourself with `deploy build` and run that)") from None
         return path
+
+    def _profile_from_specs(self, batch: int) -> dict:
+        """Shapes for inputs whose free dims --shape filled (the file alone leaves them dynamic)."""
+        from ..build import ShapeRange
+
+        top = max(batch, DEFAULT_MAX_BATCH)
+        shapes = {}
+        for spec in self.input_specs:
+            rest = spec.shape[1:]
+            if not all(isinstance(d, int) and d > 0 for d in rest):
+                continue  # still free: profile_for asks for a --profile, naming the dim
+            if spec.dynamic_batch:
+                shapes[spec.name] = ShapeRange((1, *rest), (batch, *rest), (top, *rest))
+            else:
+                fixed = (spec.shape[0], *rest)
+                shapes[spec.name] = ShapeRange(fixed, fixed, fixed)
+        return shapes
 
     # -- running --------------------------------------------------------------------------------------
 
