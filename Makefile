@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits lint clean
+.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits trt-api lint clean
 
 setup: $(STAMP)
 
@@ -98,8 +98,13 @@ bench-ortq: setup
 digits: setup
 	$(VENV)/bin/deploy digits --out results/digits
 
+# The TensorRT names deploy uses, listed per API path and checked against the real 10.16 / 11.4 bindings
+# (fetched by pip from the registry into ~/.cache/deploy/trt-bindings; tests/test_trt_api.py runs the same check).
+trt-api: setup
+	$(PY) scripts/trt_bindings.py
+
 lint: setup
-	$(VENV)/bin/ruff check deploy passes models calib tests
+	$(VENV)/bin/ruff check deploy passes models calib tests scripts
 
 clean:
 	rm -rf $(VENV) results bench-results .pytest_cache .ruff_cache

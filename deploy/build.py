@@ -43,7 +43,8 @@ CACHE_RECORD_FORMAT = "deploy-timing-cache"
 # names TensorRT 11 removed (migration guide "Removed Python APIs"): only ``_legacy_*`` code may use them
 REMOVED_IN_11 = ("EXPLICIT_BATCH", "IInt8EntropyCalibrator2", "int8_calibrator", "FP16", "get_batch",
                  "read_calibration_cache", "write_calibration_cache", "get_batch_size",
-                 "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "platform_has_fast_fp16")
+                 "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS", "platform_has_fast_fp16",
+                 "set_calibration_profile")
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -645,10 +646,16 @@ def _trt_build(trt, plan: BuildPlan, source: Path, calibration: bytes | None,
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name, shapes in plan.profile.items():
-        profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
-    config.add_optimization_profile(profile)
+        try:
+            profile.set_shape(name, shapes.min, shapes.opt, shapes.max)
+        except RuntimeError as err:  # TensorRT asserts min ≤ opt ≤ max and the rank
+            raise BadInputError(f"{plan.onnx}: TensorRT refused the profile of '{name}' ({shapes.describe()}): "
+                                f"{str(err).strip()[:160]}") from None
+    if config.add_optimization_profile(profile) < 0:
+        raise BadInputError(f"{plan.onnx}: TensorRT refused the optimization profile "
+                            f"({'; '.join(f'{k} {v.describe()}' for k, v in plan.profile.items())})")
     if plan.builder_flags:
-        _legacy_precision(trt, config, plan, calibration)
+        _legacy_precision(trt, config, plan, calibration, profile)
     timing_cache = _trt_timing_cache(trt, config, plan, warnings)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -664,10 +671,10 @@ def _trt_timing_cache(trt, config, plan: BuildPlan, warnings: list[str]):
     data = b""
     if plan.timing_cache.action == "reuse":
         data = Path(plan.timing_cache.path).read_bytes()
-    try:
+    try:  # a foreign cache: TensorRT logs "will not be used" and set_timing_cache answers False, or it raises
         timing_cache = config.create_timing_cache(data)
-        accepted = timing_cache is not None and config.set_timing_cache(timing_cache, False)
-    except Exception:  # TensorRT raises on a cache from another version/device
+        accepted = timing_cache is not None and bool(config.set_timing_cache(timing_cache, False))
+    except Exception:
         accepted = False
     if not accepted:
         if data:
@@ -678,14 +685,16 @@ def _trt_timing_cache(trt, config, plan: BuildPlan, warnings: list[str]):
     return config.get_timing_cache()
 
 
-def _legacy_precision(trt, config, plan: BuildPlan, calibration: bytes | None) -> None:
-    """TensorRT 10's weakly typed precision: builder flags, and int8 scales from a calibration cache."""
+def _legacy_precision(trt, config, plan: BuildPlan, calibration: bytes | None, profile) -> None:
+    """TensorRT 10's weakly typed precision: builder flags, and int8 scales from a calibration cache
+    (with a calibration profile, which TensorRT wants for a network with runtime dimensions)."""
     if "FP16" in plan.builder_flags:
         config.set_flag(trt.BuilderFlag.FP16)
     if "INT8" in plan.builder_flags:
         config.set_flag(trt.BuilderFlag.INT8)
         if calibration is not None:
             config.int8_calibrator = _legacy_calibrator(trt, calibration)
+            config.set_calibration_profile(profile)
 
 
 def _legacy_calibrator(trt, cache: bytes):

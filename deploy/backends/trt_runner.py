@@ -49,9 +49,9 @@ class TrtRunner(Runner):
 
         self._trt = import_tensorrt()
         trt = self._trt
+        self._device = _device_memory()  # the CUDA context first (pycuda: the primary one), then TensorRT
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._device = _device_memory()
         self._engines: dict[int, tuple] = {}  # batch → (engine, context, profile); one entry for an engine file
         if self.artifact.kind == "engine":
             self._engines[0] = self._deserialize(Path(self.artifact.engine_path), check=True)
@@ -133,52 +133,74 @@ class TrtRunner(Runner):
 
     # -- running --------------------------------------------------------------------------------------
 
+    def _dtype(self, engine, name: str) -> np.dtype:
+        try:
+            return np.dtype(self._trt.nptype(engine.get_tensor_dtype(name)))
+        except TypeError:  # bf16, fp8, int4 have no numpy type
+            raise BadInputError(f"{self.artifact.label}: tensor '{name}' is {engine.get_tensor_dtype(name)}, which "
+                                f"numpy cannot hold; keep graph inputs and outputs float32/float16") from None
+
     def _bind(self, feeds: dict[str, np.ndarray]):
-        """Inputs uploaded, outputs allocated, every address bound: (context, device inputs, outputs)."""
+        """Inputs cast to the engine's types and uploaded, outputs allocated, every address bound:
+        (context, host inputs, device inputs, device outputs). TensorRT's setters answer False on a
+        shape outside the profile or a bad address: that is an error here, never a silent garbage run."""
         trt = self._trt
         batch = next(iter(feeds.values())).shape[0] if feeds else 1
         engine, context, _ = self._for_batch(batch)
-        staged, outputs = {}, {}
+        hosts, staged, outputs = {}, {}, {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-                array = np.ascontiguousarray(feeds[name], dtype=trt.nptype(engine.get_tensor_dtype(name)))
-                context.set_input_shape(name, array.shape)
-                staged[name] = self._device.upload(array)
-                context.set_tensor_address(name, self._device.address(staged[name]))
+                hosts[name] = np.ascontiguousarray(feeds[name], dtype=self._dtype(engine, name))
+                if not context.set_input_shape(name, hosts[name].shape):
+                    raise BadInputError(f"{self.artifact.label}: TensorRT refused input '{name}' of shape "
+                                        f"{hosts[name].shape} (outside the engine's profile?)")
+                staged[name] = self._device.upload(hosts[name])
+                self._address(context, name, staged[name])
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
                 shape = tuple(context.get_tensor_shape(name))
-                outputs[name] = self._device.empty(shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
-                context.set_tensor_address(name, self._device.address(outputs[name]))
-        return context, staged, outputs
+                if any(d < 0 for d in shape):
+                    raise BadInputError(f"{self.artifact.label}: output '{name}' has a data-dependent shape {shape} "
+                                        f"(e.g. NonZero/NMS); the trt backend runs outputs whose shape follows "
+                                        f"from the inputs")
+                outputs[name] = self._device.empty(shape, self._dtype(engine, name))
+                self._address(context, name, outputs[name])
+        return context, hosts, staged, outputs
+
+    def _address(self, context, name: str, buffer) -> None:
+        if not context.set_tensor_address(name, self._device.address(buffer)):
+            raise BadInputError(f"{self.artifact.label}: TensorRT refused the device address of '{name}'")
+
+    def _enqueue(self, context) -> None:
+        if not context.execute_async_v3(self._device.stream_handle):
+            raise BadInputError(f"{self.artifact.label}: TensorRT's execute_async_v3 failed (its log says why)")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        context, _, outputs = self._bind(feeds)
-        if not context.execute_async_v3(self._device.stream_handle):
-            raise BadInputError(f"{self.artifact.label}: TensorRT's execute_async_v3 failed (see its log)")
+        context, _, _, outputs = self._bind(feeds)
+        self._enqueue(context)
         self._device.synchronize()
         return {name: self._device.download(buffer) for name, buffer in outputs.items()}
 
     def timer(self, feeds: dict[str, np.ndarray], include_copies: bool = False, cuda_graphs: bool = False):
         self.validate(feeds)
-        context, staged, outputs = self._bind(feeds)
+        context, hosts, staged, outputs = self._bind(feeds)
         device = self._device
-        hosts = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        # pinned host buffers, made once: the copies are then truly asynchronous, and timed alone
+        pinned_in = {name: device.pinned_like(array) for name, array in hosts.items()} if include_copies else {}
+        pinned_out = {name: device.pinned_for(buffer) for name, buffer in outputs.items()} if include_copies else {}
 
         def enqueue() -> None:
-            if include_copies:
-                for name, array in hosts.items():
-                    device.copy_in(staged[name], array)
-            context.execute_async_v3(device.stream_handle)
-            if include_copies:
-                for buffer in outputs.values():
-                    device.copy_out(buffer)
+            for name, host in pinned_in.items():
+                device.copy_in(staged[name], host)
+            self._enqueue(context)
+            for name, buffer in outputs.items() if include_copies else ():
+                device.copy_out(buffer, pinned_out[name])
 
+        enqueue()  # TensorRT sets up shape-dependent state on the first run (outside any capture)
+        device.synchronize()
         if cuda_graphs and not include_copies:
-            enqueue()  # TensorRT sets up shape-dependent state on the first run, outside the capture
-            device.synchronize()
             enqueue = device.capture(enqueue)
 
         def once() -> float:
@@ -222,13 +244,19 @@ class _TorchDevice:
     def address(self, tensor) -> int:
         return tensor.data_ptr()
 
-    def copy_in(self, tensor, array: np.ndarray) -> None:
-        with self.torch.cuda.stream(self.stream):
-            tensor.copy_(self.torch.from_numpy(array), non_blocking=True)
+    def pinned_like(self, array: np.ndarray):
+        return self.torch.from_numpy(array).pin_memory()
 
-    def copy_out(self, tensor) -> None:
+    def pinned_for(self, tensor):
+        return self.torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+
+    def copy_in(self, tensor, host) -> None:
         with self.torch.cuda.stream(self.stream):
-            tensor.to("cpu", non_blocking=True)
+            tensor.copy_(host, non_blocking=True)
+
+    def copy_out(self, tensor, host) -> None:
+        with self.torch.cuda.stream(self.stream):
+            host.copy_(tensor, non_blocking=True)
 
     def download(self, tensor) -> np.ndarray:
         return tensor.cpu().numpy()
@@ -257,7 +285,9 @@ class _PycudaDevice:
     """pycuda buffers: (device allocation, shape, dtype) triples; no CUDA graphs."""
 
     def __init__(self):
-        import pycuda.autoinit  # noqa: F401  creates the context on device 0
+        # the primary context, which TensorRT shares; pycuda.autoinit's own context is destroyed at exit
+        # before TensorRT's objects are (TensorRT #1632, #2052)
+        import pycuda.autoprimaryctx  # noqa: F401
         import pycuda.driver as cuda
 
         self.cuda = cuda
@@ -275,11 +305,18 @@ class _PycudaDevice:
     def address(self, buffer) -> int:
         return int(buffer[0])
 
-    def copy_in(self, buffer, array: np.ndarray) -> None:
-        self.cuda.memcpy_htod_async(buffer[0], array, self.stream)
+    def pinned_like(self, array: np.ndarray):
+        host = self.cuda.pagelocked_empty(array.shape, array.dtype)
+        host[...] = array
+        return host
 
-    def copy_out(self, buffer) -> None:
-        host = self.cuda.pagelocked_empty(buffer[1], buffer[2])
+    def pinned_for(self, buffer):
+        return self.cuda.pagelocked_empty(buffer[1], buffer[2])
+
+    def copy_in(self, buffer, host) -> None:
+        self.cuda.memcpy_htod_async(buffer[0], host, self.stream)
+
+    def copy_out(self, buffer, host) -> None:
         self.cuda.memcpy_dtoh_async(host, buffer[0], self.stream)
 
     def download(self, buffer) -> np.ndarray:

@@ -12,6 +12,12 @@ from .app import err, guard, out, verb, write_report
 from .options import Json, examples
 
 
+def _typing(plan) -> str:
+    if plan.strongly_typed:
+        return "strongly typed"
+    return f"flags {','.join(plan.builder_flags)}" if plan.builder_flags else "weakly typed, no precision flags"
+
+
 def _print_plan(plan, title: str) -> None:
     rows = [
         ("TensorRT path", f"{plan.api}.x ({'strongly typed' if plan.strongly_typed else 'weakly typed'})"),
@@ -102,8 +108,7 @@ def build(
                           installed.__version__ if installed is not None else None)
         _print_plan(plan, f"{model}: the build for TensorRT {major} (dry run: nothing built)")
         write_report(json_path, {"dry_run": True, "plan": plan.to_dict()}, inputs=inputs)
-        typer.echo(f"PLANNED {model} for TensorRT {major}: {plan.precision}, "
-                   f"{'strongly typed' if plan.strongly_typed else 'flags ' + ','.join(plan.builder_flags)}")
+        typer.echo(f"PLANNED {model} for TensorRT {major}: {plan.precision}, {_typing(plan)}")
         return
     with err.status(f"building {output} with TensorRT {trt.__version__} (timing kernels)", spinner="dots") as status:
         result = build_engine(model, output, options, log=lambda msg: status.update(msg))
