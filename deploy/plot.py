@@ -57,3 +57,49 @@ def plot_latency(report: LatencyReport, path: str | os.PathLike, title: str | No
     finally:
         plt.close(fig)
     return path
+
+
+def plot_debug(report, path: str | os.PathLike) -> Path:
+    """Error against depth for `deploy debug`: SQNR of every aligned tensor, accumulated and local."""
+    import math
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib (pip install matplotlib)") from None
+    path = Path(path)
+    layers = report.layers
+    finite = [v for e in layers for v in (e.accumulated.sqnr_db, e.local.sqnr_db) if math.isfinite(v)]
+    top = (max(finite) if finite else 100.0) + 10.0  # exact tensors (infinite SQNR) drawn on a ceiling line
+
+    def clip(v: float) -> float:
+        return top if v == math.inf else (min(finite, default=0.0) - 10.0 if v == -math.inf else v)
+
+    x = list(range(len(layers)))
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    ax.plot(x, [clip(e.accumulated.sqnr_db) for e in layers], "-o", ms=3, label="accumulated (same inputs)",
+            color="#C44E52")
+    ax.plot(x, [clip(e.local.sqnr_db) for e in layers], "-s", ms=3, label="local (fed the reference's inputs)",
+            color="#4C72B0")
+    first = report.first
+    if first is not None:
+        i = layers.index(first)
+        ax.axvline(i, color="#937860", ls="--", lw=1)
+        ax.annotate(f"first divergence: {first.node}", (i, clip(first.accumulated.sqnr_db)), fontsize=8,
+                    xytext=(6, 12), textcoords="offset points")
+    ax.set_xlabel("aligned tensor, in the candidate's topological order")
+    ax.set_ylabel("SQNR vs reference, dB (top line: exact)")
+    ax.set_title(f"deploy debug — {report.candidate} vs {report.reference} ({report.precision}, {report.samples} "
+                 f"samples)", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
+    return path

@@ -187,9 +187,10 @@ def write_report(json_path: Path | None, data: dict, *, inputs=(), outputs=(), t
     write_json(json_path, data)
 
 
-def finish(report, json_path: Path | None, *, inputs=(), outputs=(), threads: int | None = None) -> None:
+def finish(report, json_path: Path | None, *, inputs=(), outputs=(), threads: int | None = None,
+           extra: dict | None = None) -> None:
     """The end of a judging verb: the JSON report when asked, the one-line verdict, exit 1 when not passed."""
-    write_report(json_path, report.to_dict(), inputs=inputs, outputs=outputs, threads=threads)
+    write_report(json_path, {**report.to_dict(), **(extra or {})}, inputs=inputs, outputs=outputs, threads=threads)
     typer.echo(report.summary())
     if not report.passed:
         raise typer.Exit(1)

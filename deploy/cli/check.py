@@ -46,6 +46,9 @@ def check(
     samples: Samples = 8,
     run_batch: RunBatch = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
+    localize: Annotated[bool, typer.Option("--localize", help="When the check fails, run `deploy debug` on the "
+                                           "pair (an ONNX candidate): the first diverging layer and the worst "
+                                           "ones.")] = False,
     threads: Threads = None,
     json_path: Json = None,
     old_weights_a: OldWeightsA = None,
@@ -82,4 +85,31 @@ def check(
                                  batch=run_batch, data=data_arg(data, a), seed=seed, precision=precision,
                                  overrides=tol or [], threads=threads, tick=lambda: bar.advance(task))
     print_compare(report, out)
-    finish(report, json_path, inputs=inputs, threads=threads)
+    extra = None
+    if localize and not report.passed:
+        extra = {"localize": _localize(a, b, backend_a, backend_b, samples, run_batch, data_arg(data, a), seed,
+                                       precision, threads)}
+    finish(report, json_path, inputs=inputs, threads=threads, extra=extra)
+
+
+def _localize(a, b, backend_a, backend_b, samples, run_batch, data, seed, precision, threads) -> dict | None:
+    from ..debug import debug_artifacts
+    from ..errors import DeployError
+    from .debug import print_debug
+
+    if b.kind != "onnx":
+        err.print("note: --localize reads an ONNX candidate's tensors; this candidate is not an ONNX file",
+                  markup=False)
+        return None
+    try:
+        with err.status("localizing the divergence", spinner="dots") as status:
+            report, _ = debug_artifacts(a, b, backend_reference=backend_a if a.kind == "onnx" else None,
+                                        backend_candidate=backend_b or "ort-cpu", samples=samples, batch=run_batch,
+                                        data=data, seed=seed, precision=precision, threads=threads,
+                                        progress=lambda m: status.update(m))
+    except DeployError as error:  # nothing aligns, a backend debug cannot read: the check's verdict stands
+        err.print(f"note: --localize: {error}", markup=False)
+        return None
+    print_debug(report, top=10)
+    typer.echo(report.summary())
+    return report.to_dict()
