@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo", "digits", "build"]
+VERBS = ["zoo", "inspect", "export", "fuse", "quantize", "check", "bench", "backends", "demo", "digits", "build",
+         "debug"]
 
 
 @pytest.mark.parametrize("verb", VERBS)
