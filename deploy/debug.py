@@ -98,10 +98,13 @@ class DebugReport:
         return next((layer for layer in self.layers if not layer.accumulated.passed), None)
 
     def ranked(self) -> list[LayerError]:
-        """Largest local error first, as the output sees it where that was measured (the output SQNR with
-        that layer's error alone), then by local SQNR (ties: largest local max_rel)."""
+        """Largest local error first: the layers that break the tolerance by themselves, worst local SQNR
+        first; then the others by what their error alone costs the output where that was measured, then
+        by local SQNR (ties: largest local max_rel)."""
         def key(e: LayerError):
-            return (e.impact_db if e.impact_db is not None else math.inf, e.local.sqnr_db, -e.local.max_rel)
+            if not e.local.passed:
+                return (0, e.local.sqnr_db, -e.local.max_rel)
+            return (1, e.impact_db if e.impact_db is not None else math.inf, e.local.sqnr_db, -e.local.max_rel)
         return sorted(self.layers, key=key)
 
     @property
@@ -114,7 +117,9 @@ class DebugReport:
 
     def keep_float(self, n: int = 3) -> list[str]:
         """Node names of the n layers with the largest local error (for `deploy quantize --keep-float`)."""
-        return [e.node for e in self.ranked() if e.op in WEIGHTED_OPS and e.local.max_rel > 0][:n]
+        weighted = [e for e in self.layers if e.op in WEIGHTED_OPS and e.local.max_rel > 0]
+        weighted.sort(key=lambda e: (e.impact_db if e.impact_db is not None else math.inf, e.local.sqnr_db))
+        return [e.node for e in weighted][:n]
 
     def summary(self) -> str:
         aligned = f"{len(self.layers)} of {self.candidate_tensors} tensors aligned"
@@ -214,27 +219,31 @@ def cut_model(model, fed: set[str], outputs: list[str], types: dict[str, int]):
 
 
 def boundaries(model, aligned: set[str]) -> dict[str, list[str]]:
-    """For each aligned tensor: the aligned tensors and graph inputs its local subgraph reads."""
-    producer = {t: node for node in model.graph.node for t in node.output}
+    """For each aligned tensor: the aligned tensors and graph inputs its local subgraph reads.
+
+    One pass in node order (no recursion: graphs of thousands of nodes): an unaligned tensor's reads are
+    its producer's inputs' reads; an aligned tensor, a graph input, read as an input, is a read itself."""
     constants = constant_tensors(model)
-    memo: dict[str, list[str]] = {}
+    reads: dict[str, list[str]] = {}  # unaligned activation → what it reads
+    out: dict[str, list[str]] = {}
 
-    def reads(tensor: str, top: bool) -> list[str]:
-        if not top and tensor in aligned:
-            return [tensor]
-        if tensor in constants or not tensor:
+    def of(tensor: str) -> list[str]:
+        if not tensor or tensor in constants:
             return []
-        node = producer.get(tensor)
-        if node is None:  # a graph input
-            return [tensor]
-        if not top and tensor in memo:
-            return memo[tensor]
-        found = list(dict.fromkeys(x for t in node.input for x in reads(t, False)))
-        if not top:
-            memo[tensor] = found
-        return found
+        if tensor in aligned or tensor not in reads:
+            return [tensor]  # an aligned tensor, or a graph input
+        return reads[tensor]
 
-    return {t: reads(t, True) for t in aligned}
+    for node in model.graph.node:
+        found = list(dict.fromkeys(x for t in node.input for x in of(t)))
+        for t in node.output:
+            if not t or t in constants:
+                continue
+            if t in aligned:
+                out[t] = found
+            else:
+                reads[t] = found
+    return out
 
 
 def quantized_source(model, tensor: str) -> str | None:
@@ -277,6 +286,8 @@ class Call:
     input_id: int | None
     output_id: int | None
     foldable: bool = False  # a BatchNorm, Identity or Dropout: may have no node of its own in an export
+    input_version: int = 0  # the tensors' in-place version counters when the call ran
+    output_version: int = 0
 
     @property
     def key(self) -> str:
@@ -323,19 +334,22 @@ def align_torch(calls: list[Call], modules: set[str], candidate) -> tuple[dict[s
         if scope is not None:
             last[scope] = node.output[0]
     pairs: dict[str, str] = {}
-    by_output: dict[int, str] = {}
+    by_output: dict[int, tuple[str, int]] = {}  # tensor id → (B tensor, its version when produced)
     used = set()
     with_nodes = {module for module, _ in last}
     for call in calls:
         tensor = last.get((call.module, call.index))
         if tensor is None and call.foldable and call.module not in with_nodes and call.input_id is not None:
-            tensor = by_output.get(call.input_id)  # no node of its own: folded into its producer's
+            # no node of its own: folded into its producer's — if nothing changed the tensor in place since
+            produced = by_output.get(call.input_id)
+            if produced is not None and produced[1] == call.input_version:
+                tensor = produced[0]
         if tensor is None:
             continue
         used.add((call.module, call.index))
         pairs[tensor] = call.key
         if call.output_id is not None:
-            by_output[call.output_id] = tensor
+            by_output[call.output_id] = (tensor, call.output_version)
     why = {}
     for tensor, _ in activations(candidate):
         if tensor not in pairs:
@@ -363,18 +377,21 @@ def trace_torch(module, batches: list[dict[str, np.ndarray]], names: list[str],
         counts[name] += 1
         key = f"{name}#{index}"
         if isinstance(output, torch.Tensor):
-            values.setdefault(key, []).append(output.detach().double().cpu().numpy().copy())
+            values.setdefault(key, []).append(output.detach().to(torch.float64 if double else torch.float32)
+                                              .cpu().numpy().copy())
         if first[0]:
             source = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            tensor = output if isinstance(output, torch.Tensor) else None
             keep.extend([source, output])
             calls.append(Call(name, index, id(source) if source is not None else None,
-                              id(output) if isinstance(output, torch.Tensor) else None,
-                              isinstance(mod, FOLDABLE)))
+                              id(tensor) if tensor is not None else None, isinstance(mod, FOLDABLE),
+                              source._version if source is not None else 0,
+                              tensor._version if tensor is not None else 0))
 
     FOLDABLE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Identity, torch.nn.modules.dropout._DropoutNd)  # noqa: N806
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: version counters tell in-place changes apart
             for batch in batches:
                 counts.clear()
                 args = [torch.from_numpy(np.ascontiguousarray(batch[n])) for n in names]
@@ -415,7 +432,13 @@ def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], pr
         feeds = {k: v for k, v in batch.items() if k in wanted}
         if extra is not None:
             feeds.update(extra(i))
-        for name, value in zip(outputs, session.run(outputs, feeds)):
+        try:
+            results = session.run(outputs, feeds)
+        except Exception as err:  # onnxruntime's own exception types: wrong shapes, a kernel failing
+            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items() if not k.endswith(REF_SUFFIX))
+            raise BadInputError(f"ONNX Runtime fails on inputs {shapes}: {text[:200]}") from None
+        for name, value in zip(outputs, results):
             got.setdefault(name, []).append(value)
     return {k: np.concatenate(v) for k, v in got.items()}
 
@@ -486,10 +509,21 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
         raise BadInputError(f"--backend-a {backend_reference}: a PyTorch reference is read on torch-cpu (hooks)")
     model_b = onnx.load(str(candidate.onnx_path))
     types_b = elem_types(model_b)
-    feeds = make_feeds(feed_specs(reference, candidate), samples=samples, batch=batch, data=data, seed=seed)
-    batches = feeds.batches
-    input_map = {sb.name: sa.name for sa, sb in zip(reference.inputs, candidate.inputs)}
+    # candidate input name → reference input name: by name when the names agree, else by position
+    if sorted(s.name for s in reference.inputs) == sorted(s.name for s in candidate.inputs):
+        input_map = {s.name: s.name for s in candidate.inputs}
+    else:
+        input_map = {sb.name: sa.name for sa, sb in zip(reference.inputs, candidate.inputs)}
+    specs = feed_specs(candidate, reference) if reference.kind == "onnx" else feed_specs(reference, candidate)
+    if reference.kind == "onnx":  # a dim either file fixes is fixed for both
+        by_name = {s.name: s for s in reference.inputs}
+        specs = [_merge_dims(s, by_name[input_map[s.name]]) for s in specs]
+    feeds = make_feeds(specs, samples=samples, batch=batch, data=data, seed=seed)
+    batches = feeds.batches  # keyed by the candidate's input names
     notes: list[str] = []
+    if any(a.type == onnx.AttributeProto.GRAPH or a.graphs for n in model_b.graph.node for a in n.attribute):
+        notes.append("nodes with subgraphs (If/Loop/Scan) read outer tensors directly: inside them the local "
+                     "view is the accumulated one")
 
     progress("aligning tensors")
     floors: dict[str, float] = {}
@@ -504,6 +538,7 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
                 if key in values32:
                     floors[key] = diff_output(key, v64, values32[key], Tolerance()).max_rel
             values_a = values64
+            del values32  # the float64 values are the reference; the fp32 ones only set the floors
             notes.append("reference read in float64 (hooks); fp32 threshold per tensor = max(1e-5, 2 × the "
                          "reference's own fp32 error there)")
         else:
@@ -534,14 +569,22 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
     exposed = with_outputs(model_b, aligned, types_b)
     acc_b = run_onnx(exposed, batches, list(dict.fromkeys(aligned + final_names_b)), provider_b, threads)
     final_b = run_onnx(model_b, batches, final_names_b, provider_b, threads)
+    for t in list(aligned):  # same name, other shape (a layout change): not the same tensor
+        if values_a[pairs[t]].shape != acc_b[t].shape:
+            why[t] = f"shape {list(acc_b[t].shape)} differs from the reference's {list(values_a[pairs[t]].shape)}"
+            aligned.remove(t)
+            del pairs[t]
+    if not aligned:
+        raise BadInputError(f"{candidate.label}: no tensor aligns with {reference.label}: every same-named tensor "
+                            f"has another shape")
 
     progress("local view")
     fed = set(aligned)
     cut = cut_model(model_b, fed, aligned, types_b)
 
-    given = {t + REF_SUFFIX: values_a[pairs[t]].astype(onnx.helper.tensor_dtype_to_np_dtype(types_b.get(t, 1)))
-             for t in fed}
-    local_b = run_onnx(cut, batches, aligned, provider_b, threads, extra=_slicer(batches, given))
+    given = {t + REF_SUFFIX: values_a[pairs[t]] for t in fed}
+    dtypes = {t + REF_SUFFIX: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types_b.get(t, 1))) for t in fed}
+    local_b = run_onnx(cut, batches, aligned, provider_b, threads, extra=_slicer(batches, given, dtypes))
 
     progress("judging")
     bounds = boundaries(model_b, fed)
@@ -570,7 +613,10 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
             cut_a = cut_model(model_a, {layer.reference}, [], types_a)
             dtype = onnx.helper.tensor_dtype_to_np_dtype(types_a.get(layer.reference, 1))
             got = run_onnx(cut_a, a_batches, final_names_a, provider_a, threads,
-                           extra=_slicer(a_batches, {layer.reference + REF_SUFFIX: value.astype(dtype)}))
+                           extra=_slicer(a_batches, {layer.reference + REF_SUFFIX: value}, {
+                               layer.reference + REF_SUFFIX: np.dtype(dtype)}))
+            if layer.reference in got:  # the tensor is itself a final output: the cut only redirects reads
+                got[layer.reference] = value.astype(got[layer.reference].dtype)
         layer.impact_db = min((diff_output(k, final_a[k].astype(np.float64), got[k].astype(np.float64),
                                            Tolerance()).centred_sqnr_db for k in final_a if k in got), default=None)
 
@@ -590,13 +636,24 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
-def _slicer(batches: list[dict], arrays: dict[str, np.ndarray]) -> Callable[[int], dict[str, np.ndarray]]:
-    """Batch i's slice of arrays that hold every sample."""
+def _merge_dims(spec, other):
+    """``spec`` with the dims ``other`` fixes where ``spec`` leaves them free."""
+    from .backends.base import TensorSpec
+
+    dims = tuple(d if isinstance(d, int) and d > 0 else (o if isinstance(o, int) and o > 0 else d)
+                 for d, o in zip(spec.shape, other.shape))
+    return TensorSpec(spec.name, dims, spec.dtype)
+
+
+def _slicer(batches: list[dict], arrays: dict[str, np.ndarray],
+            dtypes: dict[str, np.dtype] | None = None) -> Callable[[int], dict[str, np.ndarray]]:
+    """Batch i's slice of arrays that hold every sample, cast to ``dtypes`` slice by slice."""
     sizes = [len(next(iter(b.values()))) for b in batches]
     starts = np.cumsum([0, *sizes])
+    dtypes = dtypes or {}
 
     def feeds(i: int) -> dict[str, np.ndarray]:
-        return {k: np.ascontiguousarray(v[starts[i]:starts[i + 1]]) for k, v in arrays.items()}
+        return {k: np.ascontiguousarray(v[starts[i]:starts[i + 1]], dtype=dtypes.get(k)) for k, v in arrays.items()}
 
     return feeds
 
@@ -616,7 +673,8 @@ def _torch_replaced(reference, batches, names, key: str, value: np.ndarray) -> d
         state["calls"] += 1
         if call == int(index):
             n = output.shape[0]
-            return torch.from_numpy(value[state["start"]:state["start"] + n]).to(output.dtype)
+            # a copy: an in-place op after this module (ReLU) must not write into the recorded values
+            return torch.from_numpy(value[state["start"]:state["start"] + n]).to(output.dtype).clone()
         return None
 
     handle = target.register_forward_hook(hook)

@@ -174,3 +174,50 @@ def test_bad_pairs_are_one_line_errors(cli, r18, tiny_onnx, tmp_path):
     onnx.save(renamed, str(path))
     result = cli("debug", "tiny-resnet", path)
     assert result.exit_code == 2 and "no PyTorch module scopes" in result.stderr
+
+
+def test_an_in_place_change_is_not_taken_for_a_folded_module(tmp_path):
+    """Dropout reads the BN output after `out += x`: it must not inherit the Conv the BN was folded into."""
+    from pathlib import Path
+
+    from deploy.export import export_onnx
+
+    spec = f"{Path(__file__).parent / 'fixtures' / 'debug_inplace.py'}:block"
+    artifact = load_artifact(spec, shape=(1, 3, 16, 16))
+    export_onnx(artifact, tmp_path / "block.onnx", verify=False)
+    report, _ = debug_artifacts(artifact, load_artifact(str(tmp_path / "block.onnx")), samples=2, data=None)
+    assert report.passed, report.summary()
+    assert {e.reference for e in report.layers} == {"stem#0", "bn#0", "head#0"}
+
+
+def test_a_layer_bad_by_itself_ranks_first_even_without_weights(tiny_onnx, tmp_path):
+    model = onnx.load(str(tiny_onnx))
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type = "LeakyRelu"
+    relu.attribute.append(onnx.helper.make_attribute("alpha", 0.5))
+    onnx.save(model, str(tmp_path / "leaky.onnx"))
+    report, _ = debug_artifacts(load_artifact("tiny-resnet"), load_artifact(str(tmp_path / "leaky.onnx")),
+                                samples=2, data=None)
+    assert report.first.node == relu.name == report.ranked()[0].node
+
+
+def test_a_deep_chain_and_a_fixed_batch_candidate(tmp_path):
+    from onnx import TensorProto, helper
+
+    def chain(prefix: str, batch, path):
+        nodes, previous = [], "input"
+        for i in range(1500):  # deeper than Python's recursion limit
+            out = "output" if i == 1499 else f"{prefix}{i}"
+            nodes.append(helper.make_node("Sigmoid" if i % 2 else "Neg", [previous], [out], name=f"n{i}"))
+            previous = out
+        io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, 4]) for name in ("input", "output")]
+        graph = helper.make_graph(nodes, "chain", io[:1], io[1:])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(path))
+
+    chain("t", "N", tmp_path / "a.onnx")
+    chain("u", 2, tmp_path / "b.onnx")  # other tensor names, a fixed batch of 2
+    report, _ = debug_artifacts(load_artifact(str(tmp_path / "a.onnx")), load_artifact(str(tmp_path / "b.onnx")),
+                                samples=4, data=None)
+    assert report.passed and len(report.layers) == 1 and report.layers[0].boundary == ["input"]

@@ -110,6 +110,9 @@ def _localize(a, b, backend_a, backend_b, samples, run_batch, data, seed, precis
     except DeployError as error:  # nothing aligns, a backend debug cannot read: the check's verdict stands
         err.print(f"note: --localize: {error}", markup=False)
         return None
+    except Exception as error:  # a bug in debug must not take the check's verdict and report with it
+        err.print(f"note: --localize failed (a bug in deploy): {type(error).__name__}: {error}", markup=False)
+        return None
     print_debug(report, top=10)
     typer.echo(report.summary())
     return report.to_dict()
