@@ -229,6 +229,66 @@ def finalize(tmp_dir: Path, tmp_path: Path, output: Path) -> None:
     os.replace(tmp_path, output)
 
 
+def convert_onnx_file(artifact: Artifact, output: str | os.PathLike, *, opset: int, simplify: bool = False,
+                      progress=None) -> ExportReport:
+    """An ONNX file given to `deploy export`: converted to ``opset`` (onnx.version_converter) and checked
+    equal to the file in ONNX Runtime on seeded inputs; its Constant-node weights become initializers."""
+    import onnx
+
+    from .files import atomic_path
+    from .normalize import constants_to_initializers, default_opset, symbolic_dims, upgrade, verify_same
+
+    if not 7 <= opset <= 23:
+        raise BadInputError(f"--opset {opset}: choose an opset between 7 and 23 (17 is a safe default)")
+    source = artifact.source_path or artifact.onnx_path
+    output = onnx_output_path(output)
+    say = progress or (lambda _msg: None)
+    start = time.perf_counter()
+    original = onnx.load(str(source))
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    notes = []
+    moved = constants_to_initializers(model)
+    if moved:
+        notes.append(f"{moved} Constant-node weights → initializers")
+    renamed = symbolic_dims(model)
+    if renamed:
+        notes.append(f"literal dims made symbolic: {', '.join(renamed)}")
+    was = default_opset(model)
+    if opset < was:
+        raise BadInputError(f"{source}: opset {was} → {opset} is a downgrade; deploy upgrades files (give --opset ≥ "
+                            f"{was})")
+    if opset != was:
+        say(f"converting opset {was} → {opset}")
+        model = upgrade(model, opset)
+        notes.append(f"opset {was} → {opset} (onnx.version_converter)")
+    else:
+        notes.append(f"already opset {opset}: not converted")
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+        onnx.checker.check_model(model)
+    except Exception as err:  # onnx's checker/inference raise their own types
+        raise BadInputError(f"{source}: the converted model is not valid ONNX: {str(err).strip()[:200]}") from None
+    simplified = False
+    if simplify:
+        say("simplifying (onnxsim)")
+        model, simplified, note = simplify_model(model)
+        if note:
+            notes.append(note)
+    export_seconds = time.perf_counter() - start
+    say("checking it against the file in ONNX Runtime")
+    start = time.perf_counter()
+    notes.append(verify_same(original, model, str(source), {s.name: s.shape for s in artifact.inputs}))
+    verify_seconds = time.perf_counter() - start
+    with atomic_path(output) as tmp:
+        external = save_onnx(model, tmp)
+    nodes_by_op, params = graph_stats(model)
+    dynamic = {s.name: {0: str(s.shape[0])} for s in artifact.inputs if s.dynamic_batch}
+    return ExportReport(str(source), str(output), "version_converter", default_opset(model), bool(dynamic),
+                        simplified, nodes_by_op, params, output.stat().st_size, external, export_seconds, 0.0,
+                        verify_seconds, notes=notes, dynamic_axes=dynamic)
+
+
 def export_onnx(
     artifact: Artifact,
     output: str | os.PathLike,
@@ -254,7 +314,7 @@ def export_onnx(
     import onnx
 
     if artifact.module is None:
-        raise BadInputError(f"{artifact.label}: already an ONNX file; nothing to export")
+        return convert_onnx_file(artifact, output, opset=opset, progress=progress)
     if exporter not in EXPORTERS:
         raise BadInputError(f"--exporter {exporter}: choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:

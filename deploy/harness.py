@@ -63,10 +63,19 @@ def _fill_free(spec: TensorSpec, example: tuple[int, ...]) -> TensorSpec:
     return TensorSpec(spec.name, dims, spec.dtype)
 
 
+def named_for(specs: list[TensorSpec], batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``batch`` under the names ``specs`` use: as it is when the names agree, else by position (an
+    exporter named the input ``images`` where the module's argument is ``input``)."""
+    names = [s.name for s in specs]
+    if set(batch) == set(names) or len(batch) != len(names):
+        return batch
+    return dict(zip(names, batch.values()))
+
+
 def run_batches(runner: Runner, feeds: Feeds, tick: Callable[[], None] | None = None) -> list[dict[str, np.ndarray]]:
     outputs = []
     for batch in feeds.batches:
-        outputs.append(runner.infer(batch))
+        outputs.append(runner.infer(named_for(runner.input_specs, batch)))
         if tick:
             tick()
     return outputs
@@ -99,6 +108,10 @@ def check_artifacts(
         cand, notes_b = runnable(candidate, backend_candidate, stack)
         feeds = make_feeds(feed_specs(ref, cand), samples=samples, batch=batch, data=data, seed=seed)
         results = []
+        names = [[s.name for s in x.inputs] for x in (ref, cand)]
+        if names[0] != names[1] and len(names[0]) == len(names[1]) and set(names[0]) != set(names[1]):
+            pairs = ", ".join(f"{a} ↔ {b}" for a, b in zip(*names))
+            notes_b = [*notes_b, f"inputs paired by position: {pairs}"]
         for artifact, backend in ((ref, backend_reference), (cand, backend_candidate)):
             with get_runner_class(backend)(artifact, threads=threads) as runner:
                 results.append(run_batches(runner, feeds, tick))

@@ -48,8 +48,9 @@ class Artifact:
     kind: str  # "torch", "onnx" or "engine" (a TensorRT engine with its deploy record)
     inputs: list[TensorSpec]
     module: nn.Module | None = None
-    onnx_path: Path | None = None
+    onnx_path: Path | None = None  # the file verbs read (an other exporter's file: its normalized copy)
     engine_path: Path | None = None
+    source_path: Path | None = None  # the file the user named, when onnx_path is its normalized copy
     num_classes: int | None = None
     example_shape: tuple[int, ...] | None = None  # torch: the first input's concrete shape (export, FLOPs)
     notes: list[str] = field(default_factory=list)  # how it was made, for reports
@@ -69,7 +70,7 @@ class Artifact:
     @property
     def files(self) -> list[tuple[str, Path]]:
         """The files this artifact was read from (for provenance and the inputs-are-sacred check)."""
-        found = [("model", self.onnx_path)] if self.onnx_path is not None else []
+        found = [("model", self.source_path or self.onnx_path)] if self.onnx_path is not None else []
         if self.engine_path is not None:
             found.append(("engine", self.engine_path))
         if self.origin:
@@ -304,6 +305,17 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes 
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"{path}: not a valid ONNX file (truncated or corrupt?): {reason[:200]}") from None
+    source, notes = path, [f"ONNX file {path}"]
+    from .normalize import needs_normalizing, normalize_onnx
+
+    if needs_normalizing(model):
+        given = {None: tuple(shape)} if isinstance(shape, tuple) else (shape or {})
+        if None in given and len(model.graph.input) - len(model.graph.initializer) <= 1 and model.graph.input:
+            given = {model.graph.input[0].name: given[None]}
+        normalized = normalize_onnx(path, {k: v for k, v in given.items() if k is not None})
+        path = normalized.path
+        model = onnx.load(str(path), load_external_data=False)
+        notes.append(normalized.note())
     initializers = {i.name for i in model.graph.initializer}
     inputs = []
     for value in model.graph.input:
@@ -315,25 +327,26 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes 
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
         inputs.append(TensorSpec(value.name, tuple(dims), dtype))
     if not inputs:
-        raise BadInputError(f"{path}: the graph has no inputs")
+        raise BadInputError(f"{source}: the graph has no inputs")
     shapes: Shapes | None = {None: tuple(shape)} if isinstance(shape, tuple) else shape
     if shapes:
         if None in shapes:
             if len(inputs) != 1:
-                raise BadInputError(f"{path}: the model has {len(inputs)} inputs; give each its shape: "
+                raise BadInputError(f"{source}: the model has {len(inputs)} inputs; give each its shape: "
                                     + " ".join(f"--shape {s.name}=…" for s in inputs))
             shapes = {inputs[0].name: shapes[None]}
         unknown = [n for n in shapes if n not in {s.name for s in inputs}]
         if unknown:
-            raise BadInputError(f"{path}: --shape names {', '.join(map(repr, unknown))}; the inputs are "
+            raise BadInputError(f"{source}: --shape names {', '.join(map(repr, unknown))}; the inputs are "
                                 f"{', '.join(s.name for s in inputs)}")
-        inputs = [_fill_dims(path, s, shapes[s.name]) if s.name in shapes else s for s in inputs]
+        inputs = [_fill_dims(source, s, shapes[s.name]) if s.name in shapes else s for s in inputs]
     outputs = model.graph.output
     num_classes = None
     if len(outputs) == 1 and len(outputs[0].type.tensor_type.shape.dim) == 2:
         last = outputs[0].type.tensor_type.shape.dim[1]
         num_classes = last.dim_value or None
-    return Artifact(str(path), "onnx", inputs, onnx_path=path, num_classes=num_classes, notes=[f"ONNX file {path}"])
+    return Artifact(str(source), "onnx", inputs, onnx_path=path, num_classes=num_classes, notes=notes,
+                    source_path=source if source != path else None)
 
 
 def _fill_dims(path: Path, spec: TensorSpec, shape: tuple[int, ...]) -> TensorSpec:

@@ -149,6 +149,9 @@ def load(spec: str, weights: str | None = None, shape: list[str] | None = None, 
     shapes = parse_shapes(shape)
     with err.status(f"loading {spec}", spinner="dots"):
         artifact = load_artifact(spec, weights=weights, shape=shapes)
+    for note in artifact.notes:
+        if "normalized on load" in note:
+            err.print(f"note: {note}", markup=False)
     check_paths([(f"{spec} ({role})", path) for role, path in artifact.files], list(_outputs.get()))
     return artifact
 

@@ -29,7 +29,8 @@ from .options import Data, Dynamic, Json, OldInputs, Samples, Shape, Threads, We
     "deploy export resnet18 -o r18.onnx --dynamic batch,height,width --opset 13",
     "deploy export path/to/pkg/resnet.py:resnet50(num_classes=10) -o r50.onnx --shape 1,3,224,224 -w ckpt.pt"))
 def export(
-    model: Annotated[str, typer.Argument(help="Model spec (zoo name, module:factory, file.py:factory).")],
+    model: Annotated[str, typer.Argument(help="Model spec (zoo name, module:factory, file.py:factory), or an "
+                                         ".onnx file to convert to --opset (checked equal in ONNX Runtime).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     weights: Weights = None,
     shape: Shape = None,
@@ -89,4 +90,7 @@ def export(
     for note in report.notes:
         out.print(f"note: {note}", markup=False)
     write_report(json_path, report.to_dict(), inputs=inputs, outputs=[("-o", output)], threads=threads)
-    typer.echo(report.check.summary() if report.check else f"EXPORTED {output} (not verified)")
+    if report.exporter == "version_converter":
+        typer.echo(f"CONVERTED {output}: opset {report.opset}, {report.notes[-1]}")
+    else:
+        typer.echo(report.check.summary() if report.check else f"EXPORTED {output} (not verified)")
