@@ -33,13 +33,62 @@ def test_sqnr_and_centred_sqnr():
     assert d.centred_sqnr_db == pytest.approx(20.0, abs=0.5)  # … centred SQNR is not
 
 
-def test_cosine_is_the_worst_sample_and_top1():
+def test_cosine_is_a_low_percentile_of_samples_and_top1():
     a = np.array([[1.0, 0.0], [0.0, 1.0]])
     b = np.array([[1.0, 0.0], [1.0, 0.0]])  # second sample orthogonal
     d = diff_output("y", a, b, Tolerance(min_cosine=0.9))
-    assert d.cosine == pytest.approx(0.0)
+    assert d.cosine_min == pytest.approx(0.0) and d.cosine == pytest.approx(0.05)  # 5th percentile of [0, 1]
+    assert d.cosine_median == pytest.approx(0.5)
     assert d.top1 == pytest.approx(0.5)
     assert any("cosine" in f for f in d.failures)
+
+
+OLD_PRESETS = {"fp16": Tolerance(max_rel=1e-2, min_cosine=0.9999), "int8": Tolerance(min_cosine=0.99)}
+
+
+def _old_min_cosine(a, b):
+    a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return min(float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y))) for x, y in zip(a2, b2))
+
+
+def test_a_near_empty_sample_does_not_set_the_cosine():
+    """An exact change, one sample whose output is ~0 (max 1e-7) plus float noise: the old minimum said 0.69."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((8, 64))
+    a[3] = 1e-7 * rng.standard_normal(64)
+    b = a + 1e-7 * rng.standard_normal(a.shape)  # float noise that swamps only the near-empty sample
+    assert _old_min_cosine(a, b) < 0.9  # the old metric fails it
+    d = diff_output("y", a, b, PRESETS["int8"])
+    assert d.passed and d.cosine > 0.999999 and d.near_zero == 1
+
+
+def test_a_dead_score_channel_cannot_hide_behind_box_coordinates():
+    """A YOLO-style head (N, 4 boxes + 3 class scores, anchors): int8 that zeroes the scores."""
+    rng = np.random.default_rng(4)
+    boxes = rng.uniform(0, 640, (2, 4, 400))
+    scores = 1 / (1 + np.exp(-rng.normal(-4, 2, (2, 3, 400))))
+    a = np.concatenate([boxes, scores], axis=1)
+    b = a.copy()
+    b[:, 4:] = 0.0  # every detection lost
+    assert diff_output("y", a, b, OLD_PRESETS["int8"]).passed  # the old preset passed it (cosine ≈ 1)
+    d = diff_output("y", a, b, PRESETS["int8"])
+    assert not d.passed and d.worst_channel in (4, 5, 6) and d.channel_sqnr_db == pytest.approx(0.0, abs=1e-9)
+    fine = a.copy()
+    fine[:, 4:] += rng.normal(0, 0.002, (2, 3, 400))  # int8-sized noise on the scores: kept
+    assert diff_output("y", a, fine, PRESETS["int8"]).passed
+    transposed = diff_output("y", a.transpose(0, 2, 1), b.transpose(0, 2, 1), PRESETS["int8"])
+    assert not transposed.passed and transposed.worst_channel in (4, 5, 6)  # (N, anchors, 4 + classes)
+
+
+def test_fp16_of_a_saturating_sigmoid_map_is_judged_by_energy():
+    rng = np.random.default_rng(5)
+    a = 1 / (1 + np.exp(-rng.normal(0, 6, (2, 1, 64, 64))))
+    b = a.copy()
+    flat = b.reshape(-1)
+    flat[rng.choice(flat.size, 20, replace=False)] += 0.02  # a few saturated pixels off by 2e-2
+    assert not diff_output("y", a, b, OLD_PRESETS["fp16"]).passed  # max rel 0.02 > 1e-2
+    d = diff_output("y", a, b, PRESETS["fp16"])
+    assert d.passed and d.sqnr_db > 40
 
 
 def test_identical_outputs_pass_every_preset():

@@ -37,8 +37,9 @@ def check(
     backend_a: Annotated[str | None, typer.Option("--backend-a", help="Backend for the reference "
                          "(default: torch-cpu for models, ort-cpu for .onnx). `deploy backends` lists them.")] = None,
     backend_b: Annotated[str | None, typer.Option("--backend-b", help="Backend for the candidate.")] = None,
-    precision: Annotated[str, typer.Option(help="Tolerance preset: fp32 (max rel ≤ 1e-5), fp16 (cosine ≥ 0.9999 "
-                         "and max rel ≤ 1e-2), int8 (cosine ≥ 0.99).")] = "fp32",
+    precision: Annotated[str, typer.Option(help="Tolerance preset: fp32 (max rel ≤ 1e-5), fp16 (cosine ≥ 0.9999, "
+                         "SQNR ≥ 40 dB, every channel ≥ 20 dB), int8 (cosine ≥ 0.99, every channel ≥ 3 dB). "
+                         "Cosine is the 5th percentile over samples.")] = "fp32",
     tol: Annotated[list[str] | None, typer.Option("--tol", help="Override a threshold, for all outputs or one: "
                    "max_rel=1e-4, logits:min_cosine=0.999. Keys: max_rel, max_abs, min_cosine, min_sqnr_db, "
                    "min_top1. Repeatable.")] = None,
