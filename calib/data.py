@@ -349,6 +349,33 @@ def _image_preprocess(input_shape: Sequence[int | str]) -> Preprocess:
     return Preprocess.for_input_shape(shape, layout=layout)
 
 
+def count_samples(source: str, input_name: str | None = None) -> int | None:
+    """How many samples ``source`` holds, without decoding them (None when it cannot be told cheaply)."""
+    if source == "photos":
+        return max_photo_samples()
+    path = Path(source)
+    if path.is_dir():
+        return len(list_image_files(path))
+    try:
+        if path.suffix.lower() == ".npy":
+            return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return int(archive[_pick_npz_key(path, list(archive.files), input_name)].shape[0])
+    except (OSError, ValueError, EOFError, IndexError, DataSourceError):
+        return None
+    return None
+
+
+def split_counts(total: int, samples: int, eval_samples: int, minimum: int = 8) -> tuple[int, int] | None:
+    """Calibration and held-out counts for ``total`` samples when the defaults ask for more than there are:
+    a quarter held out (at least ``minimum``), the rest calibrates. None when the defaults fit."""
+    if total >= samples + eval_samples:
+        return None
+    held = max(minimum, total // 4)
+    return total - held, held
+
+
 def load_samples(
     source: str,
     input_shape: Sequence[int | str],

@@ -107,14 +107,23 @@ def print_quantize(report, console: Console) -> None:
         for col in ("candidate", "samples", "top-1 agreement", "accuracy", "centred SQNR", "SQNR", "cosine", ""):
             table.add_column(col, justify="left" if col in ("candidate", "") else "right")
         for s in report.scores:
-            table.add_row(s.label, str(s.samples), _pct(s.top1_agreement), _pct(s.accuracy), fmt_db(s.centred_sqnr_db),
+            agreement = _pct(s.top1_agreement) + (f" [{s.top1_interval[0]:.0f}, {s.top1_interval[1]:.0f}]"
+                                                  if s.top1_interval else "")
+            table.add_row(s.label, str(s.samples), agreement, _pct(s.accuracy), fmt_db(s.centred_sqnr_db),
                           fmt_db(s.sqnr_db), f"{s.cosine:.5f}", "← written" if s.label == report.chosen else "")
         console.print(table)
         if any(s.samples < report.eval_samples for s in report.scores):
             console.print("tournament: every method on the first quarter of the held-out data, the best two on "
                           "all of it", markup=False)
+        if any(s.top1_interval for s in report.scores):
+            console.print("top-1 agreement ranks class-like outputs first, [95 % interval]; then centred SQNR",
+                          markup=False)
     if report.fp32_accuracy is not None:
         console.print(f"fp32 accuracy on the held-out data: {report.fp32_accuracy:.2f} %", markup=False)
+    if report.preset_failures:
+        console.print(f"{'POOR' if report.allowed_poor else 'FAILED'}: misses deploy check's {report.precision} preset "
+                      f"on held-out data: {'; '.join(report.preset_failures)}", markup=False,
+                      style="bold red")
     if report.sensitivity:
         table = Table(title="sensitivity: each layer kept in float alone (most sensitive first)")
         for col in ("layer", "centred SQNR", "gain", "top-1 agreement", "accuracy"):

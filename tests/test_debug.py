@@ -95,6 +95,7 @@ def test_a_healthy_export_aligns_and_does_not_diverge(model, r18, tmp_path):
 def test_int8_aligns_every_quantized_conv_and_names_the_lost_fusions(r18, r18_int8):
     report, _ = debug_artifacts(load_artifact(str(r18)), load_artifact(str(r18_int8)), samples=8, precision="int8")
     assert report.convs_aligned == report.convs_total == 21
+    assert r18_int8.stat().st_size <= 0.3 * r18.stat().st_size  # no dead float weights left in the int8 file
     assert report.qdq_tensors > 0 and all(why.startswith("Q/DQ") or "added" in why for why in report.unaligned.values())
     assert report.perturbation["fused_ops_lost"]["QLinearConv"] == [20, 0]
     assert len(report.keep_float()) == 3 and all(e.impact_db is not None for e in report.ranked()[:3])

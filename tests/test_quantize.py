@@ -29,8 +29,11 @@ def test_auto_tournament_writes_the_best_and_every_score(auto_run, tiny_onnx):
     assert result.output.splitlines()[-1].startswith("PASSED")
     labels = [s["label"] for s in report["scores"]]
     assert labels == ["minmax", "percentile-99.9", "percentile-99.99", "percentile-99.999", "entropy", "mse"]
-    best = max(report["scores"], key=lambda s: s["centred_sqnr_db"])
+    # class-like output: top-1 agreement with fp32 first (on the samples each saw), then centred SQNR
+    finalists = [s for s in report["scores"] if s["samples"] == 16]
+    best = max(finalists, key=lambda s: (s["top1_agreement"], s["centred_sqnr_db"]))
     assert report["chosen"] == best["label"]
+    assert all(lo <= s["top1_agreement"] <= hi for s in report["scores"] for lo, hi in [s["top1_interval"]])
     assert report["final"]["centred_sqnr_db"] > 15  # uint8/int8 on a 6-conv net: ~25-30 dB here
     assert report["integer_kernels"]["QLinearConv"] == 6 and report["integer_kernels"]["Conv (float)"] == 0
     assert report["samples"] == 24 and report["eval_samples"] == 16
@@ -198,3 +201,62 @@ def test_budgets_on_models_that_cannot_meet_them(cli, tmp_path):
     result = cli("quantize", maps, "-o", tmp_path / "maps.int8.onnx", *FAST, "--max-drop", "1")
     assert result.exit_code == 2 and "--min-sqnr" in result.output
     assert not (tmp_path / "maps.int8.onnx").exists()
+
+
+def _photo_folder(folder, count: int):
+    """``count`` PNG crops of the bundled photos: a small real image folder."""
+    from PIL import Image
+
+    from deploy.calib.data import Preprocess, load_photos
+
+    folder.mkdir()
+    crops = load_photos(count, Preprocess(size=(48, 64), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    for i, crop in enumerate(crops):
+        Image.fromarray((crop.transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
+def test_a_48_image_folder_calibrates_with_the_defaults(cli, tiny_onnx, tmp_path):
+    folder = _photo_folder(tmp_path / "images", 48)
+    out = tmp_path / "small.onnx"
+    result = cli("quantize", tiny_onnx, "-o", out, "--data", folder, "--json", tmp_path / "small.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "small.json").read_text())
+    assert (report["samples"], report["eval_samples"]) == (36, 12)
+    assert any("48 samples: 36 calibrate, 12 held out" in n for n in report["notes"])
+    result = cli("quantize", tiny_onnx, "-o", out, "--data", folder, "--samples", "48", "--eval-samples", "16")
+    assert result.exit_code == 2 and "--samples or --eval-samples" in result.stderr  # counts given: not scaled
+
+
+def test_constant_calibration_data_is_refused(cli, tiny_onnx, tmp_path):
+    zeros = tmp_path / "zeros.npz"
+    np.savez(zeros, input=np.zeros((40, 3, 32, 32), np.float32))
+    result = cli("quantize", tiny_onnx, "-o", tmp_path / "z.onnx", "--data", zeros, *FAST)
+    assert result.exit_code == 2 and "constant data" in result.stderr
+    assert not (tmp_path / "z.onnx").exists()
+
+
+def test_an_int8_that_misses_the_preset_fails_unless_allowed(cli, tiny_onnx, tmp_path):
+    """Calibrated on inputs 1000× too small, judged on photos: ranges clip every activation."""
+    tiny = tmp_path / "tiny.npz"
+    np.savez(tiny, input=np.random.default_rng(0).normal(0, 1e-3, (24, 3, 32, 32)).astype(np.float32))
+    out = tmp_path / "poor.onnx"
+    args = ("quantize", tiny_onnx, "-o", out, "--data", tiny, "--eval", "photos", "--samples", "24",
+            "--eval-samples", "16", "--method", "minmax")
+    result = cli(*args)
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.splitlines()[-1].startswith(f"FAILED {out}: misses the int8 preset of deploy check")
+    result = cli(*args, "--allow-poor")
+    assert result.exit_code == 0 and out.exists()
+    assert result.output.splitlines()[-1].startswith(f"POOR {out}: written because of --allow-poor")
+
+
+def test_scores_of_class_like_outputs_rank_by_agreement_first():
+    from deploy.quantize import Score, wilson_interval
+
+    sqnr_first = Score("a", 25.0, 25.0, 0.99, 75.0, None)
+    agreement_first = Score("b", 20.0, 20.0, 0.98, 91.7, None)
+    assert max([sqnr_first, agreement_first], key=Score.key).label == "b"
+    maps = [Score("c", 30.0, 30.0, 0.99, None, None), Score("d", 20.0, 20.0, 0.99, None, None)]
+    assert max(maps, key=Score.key).label == "c"  # no classes: centred SQNR
+    assert wilson_interval(58, 64) == pytest.approx((81.02, 95.63), abs=0.01)  # by hand: p = 0.906, z = 1.96

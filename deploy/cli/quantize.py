@@ -61,6 +61,10 @@ def quantize(
     shape: Shape = None,
     threads: Threads = None,
     keep_failed: KeepFailed = False,
+    allow_poor: Annotated[bool, typer.Option("--allow-poor", help="Write the result even when it misses `deploy "
+                                             "check`'s preset for its precision on the held-out data (int8: "
+                                             "cosine ≥ 0.99, every channel ≥ 3 dB), with a loud POOR line and "
+                                             "exit 0. Default: such a file is FAILED, exit 1, not written.")] = False,
     json_path: Json = None,
     old_calib: OldCalib = None,
     old_batch: OldBatch = None,
@@ -88,9 +92,10 @@ def quantize(
     artifact = load(model, weights, shape)
     options = QuantizeOptions(
         precision=precision, target=target, method=method, calib=data, eval_data=eval_data, samples=samples,
-        eval_samples=eval_samples, batch=run_batch, max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
+        eval_samples=eval_samples, counts_given=(samples, eval_samples) != (128, 64), batch=run_batch,
+        max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
         threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()),
-        keep_failed=keep_failed)
+        keep_failed=keep_failed, allow_poor=allow_poor)
     with err.status("quantizing", spinner="dots") as status:
         report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
     print_quantize(report, out)
