@@ -7,9 +7,11 @@ from different photos; ``offset`` selects a disjoint slice (calibration vs evalu
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,94 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class DataSourceError(ValueError):
     """A data source that is empty, unreadable or of the wrong shape (one-line message)."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How images become model inputs, as a user states it: x → (x / scale − mean) / std per channel,
+    channels RGB or BGR, a layout, and how the image is fitted to the input size.
+
+    ``fit``: ``crop`` (resize the short side to size·256/224, centre-crop: ImageNet evaluation),
+    ``stretch`` (resize to the input size, aspect ignored), ``letterbox`` (resize to fit, pad with grey
+    114: YOLO-style detectors). ``layout`` None: told from the input shape."""
+
+    preset: str = "imagenet"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    scale: float = 255.0
+    bgr: bool = False
+    fit: str = "crop"
+    layout: str | None = None
+
+    def describe(self) -> str:
+        parts = [self.preset] if self.preset != "custom" else [
+            f"mean {','.join(f'{m:g}' for m in self.mean)}, std {','.join(f'{s:g}' for s in self.std)}"]
+        if self.scale != 255.0:
+            parts.append(f"/{self.scale:g}")
+        parts.append(self.fit)
+        if self.bgr:
+            parts.append("BGR")
+        if self.layout:
+            parts.append(self.layout)
+        return " ".join(parts)
+
+    def to_json(self) -> str:
+        return json.dumps({"preset": self.preset, "mean": list(self.mean), "std": list(self.std),
+                           "scale": self.scale, "bgr": self.bgr, "fit": self.fit, "layout": self.layout})
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        d = json.loads(text)
+        return cls(d.get("preset", "custom"), tuple(d["mean"]), tuple(d["std"]), float(d.get("scale", 255.0)),
+                   bool(d.get("bgr", False)), d.get("fit", "crop"), d.get("layout"))
+
+
+PREPROCESS_PRESETS = {
+    "imagenet": PreprocessSpec("imagenet"),
+    "unit": PreprocessSpec("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # x / 255 (detectors)
+    "symmetric": PreprocessSpec("symmetric", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # (x/255 − 0.5) / 0.5 (Paddle)
+}
+FITS = ("crop", "stretch", "letterbox")
+METADATA_KEY = "deploy.preprocess"
+
+# The preprocessing in force for this command: set once by the CLI (flags, else the artifact's stored
+# metadata), read wherever images are decoded and where an ONNX file is written (its metadata).
+_current: contextvars.ContextVar[PreprocessSpec | None] = contextvars.ContextVar("deploy_preprocess", default=None)
+
+
+def set_preprocess(spec: PreprocessSpec | None) -> None:
+    _current.set(spec)
+
+
+def current_preprocess() -> PreprocessSpec | None:
+    return _current.get()
+
+
+def make_preprocess_spec(preset: str | None = None, mean: Sequence[float] | None = None,
+                         std: Sequence[float] | None = None, scale: float | None = None, bgr: bool | None = None,
+                         fit: str | None = None, layout: str | None = None) -> PreprocessSpec | None:
+    """The spec the flags describe (None when no flag was given): a preset, then each flag over it."""
+    if all(v is None for v in (preset, mean, std, scale, bgr, fit, layout)):
+        return None
+    if preset is not None and preset not in PREPROCESS_PRESETS:
+        raise DataSourceError(f"--preprocess {preset}: choose from {', '.join(PREPROCESS_PRESETS)}")
+    spec = PREPROCESS_PRESETS[preset or "imagenet"]
+    if fit is not None and fit not in FITS:
+        raise DataSourceError(f"--resize {fit}: choose from {', '.join(FITS)}")
+    if layout is not None and layout.upper() not in ("NCHW", "NHWC"):
+        raise DataSourceError(f"--layout {layout}: choose NCHW or NHWC")
+    for name, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) not in (1, 3):
+            raise DataSourceError(f"{name}: give 1 or 3 values, e.g. {name} 0.5,0.5,0.5")
+    if std is not None and any(v == 0 for v in std):
+        raise DataSourceError("--std: values must not be 0")
+    if scale is not None and scale <= 0:
+        raise DataSourceError(f"--scale {scale}: give the divisor that maps pixels to the model's range (255, 1)")
+    custom = mean is not None or std is not None
+    return replace(spec, preset="custom" if custom else spec.preset,
+                   mean=tuple(mean) if mean is not None else spec.mean, std=tuple(std) if std is not None else spec.std,
+                   scale=scale if scale is not None else spec.scale, bgr=bool(bgr) if bgr is not None else spec.bgr,
+                   fit=fit or spec.fit, layout=layout.upper() if layout else spec.layout)
 
 
 @dataclass(frozen=True)
@@ -40,6 +130,8 @@ class Preprocess:
     order: str = "RGB"
     layout: str = "NCHW"
     channels: int = 3
+    fit: str = "crop"  # crop | stretch | letterbox (see PreprocessSpec)
+    scale: float = 255.0
 
     @classmethod
     def for_input_shape(cls, shape: Sequence[int], **overrides) -> Preprocess:
@@ -53,19 +145,31 @@ class Preprocess:
         if c == 1:
             overrides.setdefault("mean", (0.5,))
             overrides.setdefault("std", (0.25,))
+            if len(overrides["mean"]) == 3:  # a 3-channel preset on a grey input: the mean of its values
+                overrides["mean"] = (float(np.mean(overrides["mean"])),)
+                overrides["std"] = (float(np.mean(overrides["std"])),)
         return cls(size=(int(h), int(w)), channels=int(c), **overrides)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """One PIL image → float32 array (C, H, W) or (H, W, C)."""
         h, w = self.size
-        short = self.resize or round(min(h, w) * 256 / 224)
         image = image.convert("RGB")
-        scale = short / min(image.size)
-        new_size = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
-        image = image.resize(new_size, Image.BILINEAR)
-        left, top = (image.width - w) // 2, (image.height - h) // 2
-        image = image.crop((left, top, left + w, top + h))
-        x = np.asarray(image, dtype=np.float32) / 255.0
+        if self.fit == "stretch":
+            image = image.resize((w, h), Image.BILINEAR)
+        elif self.fit == "letterbox":  # fit inside, pad the rest with grey 114 (YOLO's letterbox)
+            ratio = min(w / image.width, h / image.height)
+            inner = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
+                                 Image.BILINEAR)
+            image = Image.new("RGB", (w, h), (114, 114, 114))
+            image.paste(inner, ((w - inner.width) // 2, (h - inner.height) // 2))
+        else:
+            short = self.resize or round(min(h, w) * 256 / 224)
+            scale = short / min(image.size)
+            new_size = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
+            image = image.resize(new_size, Image.BILINEAR)
+            left, top = (image.width - w) // 2, (image.height - h) // 2
+            image = image.crop((left, top, left + w, top + h))
+        x = np.asarray(image, dtype=np.float32) / np.float32(self.scale)
         if self.channels == 1:
             x = x.mean(axis=2, keepdims=True)
         elif self.order.upper() == "BGR":
@@ -342,11 +446,22 @@ def _image_preprocess(input_shape: Sequence[int | str]) -> Preprocess:
     if len(shape) != 4:
         raise DataSourceError(f"image data needs a 4-D model input, got shape {shape}")
     small = [isinstance(d, int) and 0 < d <= 4 for d in shape]
-    layout = "NHWC" if small[3] and not small[1] else "NCHW"
+    spec = current_preprocess()
+    layout = (spec.layout if spec is not None and spec.layout else None) or (
+        "NHWC" if small[3] and not small[1] else "NCHW")
     if not all(isinstance(d, int) and d > 0 for d in shape[1:]):
         raise DataSourceError(f"model input {shape} has free image dims; give the resolution to read images at "
                               f"with --shape, e.g. --shape 1,3,224,224")
-    return Preprocess.for_input_shape(shape, layout=layout)
+    if spec is None:
+        return Preprocess.for_input_shape(shape, layout=layout)
+    return Preprocess.for_input_shape(shape, layout=layout, mean=spec.mean, std=spec.std,
+                                      order="BGR" if spec.bgr else "RGB", fit=spec.fit, scale=spec.scale)
+
+
+def preprocess_text() -> str:
+    """The preprocessing in force, for reports."""
+    spec = current_preprocess()
+    return (spec or PREPROCESS_PRESETS["imagenet"]).describe()
 
 
 def count_samples(source: str, input_name: str | None = None) -> int | None:
@@ -392,11 +507,12 @@ def load_samples(
     if source == "photos":
         count = max_photo_samples() - offset if n is None else n
         array = load_photos(count, _image_preprocess(input_shape), offset, progress)
-        return Samples(array, None, f"photos: {count} crops of {len(PHOTOS)} bundled photos from sample {offset}")
+        return Samples(array, None, f"photos: {count} crops of {len(PHOTOS)} bundled photos from sample {offset} "
+                                    f"(preprocessing {preprocess_text()})")
     path = Path(source)
     if path.is_dir():
         folder = load_image_folder(path, n, _image_preprocess(input_shape), offset, progress)
-        text = f"{path}: {len(folder.files)} images from file {offset}"
+        text = f"{path}: {len(folder.files)} images from file {offset} (preprocessing {preprocess_text()})"
         return Samples(folder.array, None, text, [str(p) for p in folder.skipped])
     if path.suffix.lower() in (".npy", ".npz"):
         arrays = load_arrays(path, input_shape, input_name, n, offset)

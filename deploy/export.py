@@ -200,6 +200,14 @@ def save_onnx(model, path: Path) -> bool:
     """Save in one file, or with external data beside it when over protobuf's 2 GB; returns whether external."""
     import onnx
 
+    from .calib.data import METADATA_KEY, current_preprocess
+
+    spec = current_preprocess()
+    if spec is not None:  # later verbs read the same images the same way without the flags again
+        kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key=METADATA_KEY, value=spec.to_json())
     external = initializer_bytes(model) >= TWO_GB - 64 * 2**20  # leave room for the graph itself
     if external:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,10 +38,14 @@ def _samples(spec: TensorSpec, n: int, data: str, offset: int) -> tuple[np.ndarr
         samples = load_samples(data, spec.concrete(), n=n, offset=offset, input_name=spec.name)
     except DataSourceError as err:
         raise BadInputError(f"--data {data}: {err}") from None
+    from .calib.data import preprocess_text
+
+    image = data == "photos" or Path(data).is_dir()
+    how = f" (preprocessing {preprocess_text()})" if image else ""
     if data == "photos":
-        return samples.array, f"{len(samples.array)} crops of the bundled photos"
+        return samples.array, f"{len(samples.array)} crops of the bundled photos{how}"
     skipped = f", {len(samples.skipped)} unreadable skipped" if samples.skipped else ""
-    return samples.array, f"{len(samples.array)} samples from {data}{skipped}"
+    return samples.array, f"{len(samples.array)} samples from {data}{skipped}{how}"
 
 
 def make_feeds(

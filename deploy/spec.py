@@ -51,6 +51,7 @@ class Artifact:
     onnx_path: Path | None = None  # the file verbs read (an other exporter's file: its normalized copy)
     engine_path: Path | None = None
     source_path: Path | None = None  # the file the user named, when onnx_path is its normalized copy
+    preprocess: str | None = None  # the preprocessing stored in an ONNX file's metadata (JSON), if any
     num_classes: int | None = None
     example_shape: tuple[int, ...] | None = None  # torch: the first input's concrete shape (export, FLOPs)
     notes: list[str] = field(default_factory=list)  # how it was made, for reports
@@ -345,8 +346,9 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes 
     if len(outputs) == 1 and len(outputs[0].type.tensor_type.shape.dim) == 2:
         last = outputs[0].type.tensor_type.shape.dim[1]
         num_classes = last.dim_value or None
+    stored = next((p.value for p in model.metadata_props if p.key == "deploy.preprocess"), None)
     return Artifact(str(source), "onnx", inputs, onnx_path=path, num_classes=num_classes, notes=notes,
-                    source_path=source if source != path else None)
+                    source_path=source if source != path else None, preprocess=stored)
 
 
 def _fill_dims(path: Path, spec: TensorSpec, shape: tuple[int, ...]) -> TensorSpec:

@@ -40,6 +40,8 @@ err = Console(stderr=True, highlight=False)
 _current: contextvars.ContextVar[tuple[str, dict]] = contextvars.ContextVar("deploy_verb", default=("", {}))
 # the outputs the running verb guarded: checked again against the files a loaded model was read from
 _outputs: contextvars.ContextVar[tuple] = contextvars.ContextVar("deploy_outputs", default=())
+# whether the running verb was given preprocessing flags (they win over a file's stored preprocessing)
+_explicit_preprocess: contextvars.ContextVar[bool] = contextvars.ContextVar("deploy_preprocess_set", default=False)
 
 
 def _version(value: bool) -> None:
@@ -63,6 +65,10 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         token = _current.set((fn.__name__, dict(kwargs)))
         outputs_token = _outputs.set(())
+        from ..calib.data import set_preprocess
+
+        set_preprocess(None)  # each command starts from the default (the CLI may run several in one process)
+        _explicit_preprocess.set(False)
         try:
             return fn(*args, **kwargs)
         except CheckFailedError as error:
@@ -152,8 +158,53 @@ def load(spec: str, weights: str | None = None, shape: list[str] | None = None, 
     for note in artifact.notes:
         if "normalized on load" in note:
             err.print(f"note: {note}", markup=False)
+    _adopt_preprocess(artifact)
     check_paths([(f"{spec} ({role})", path) for role, path in artifact.files], list(_outputs.get()))
     return artifact
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    from ..errors import BadInputError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise BadInputError(f"{flag} {text}: give numbers separated by commas, e.g. {flag} 0.5,0.5,0.5") from None
+
+
+def preprocessing(preset: str | None, mean: str | None, std: str | None, scale: float | None, bgr: bool | None,
+                  fit: str | None, layout: str | None) -> None:
+    """The command's image preprocessing from its flags (nothing given: a loaded file's stored one, else
+    ImageNet's); written into the metadata of every ONNX file the command writes."""
+    from ..calib.data import DataSourceError, make_preprocess_spec, set_preprocess
+    from ..errors import BadInputError
+
+    try:
+        spec = make_preprocess_spec(preset, _floats(mean, "--mean"), _floats(std, "--std"), scale, bgr, fit, layout)
+    except DataSourceError as error:
+        raise BadInputError(str(error)) from None
+    if spec is not None:
+        set_preprocess(spec)
+        _explicit_preprocess.set(True)
+
+
+def _adopt_preprocess(artifact) -> None:
+    from ..calib.data import PreprocessSpec, current_preprocess, set_preprocess
+
+    stored = getattr(artifact, "preprocess", None)
+    if stored is None or _explicit_preprocess.get():
+        return
+    try:
+        spec = PreprocessSpec.from_json(stored)
+    except (ValueError, KeyError, TypeError):
+        err.print(f"note: {artifact.label}: its stored preprocessing is unreadable; using the default",
+                  markup=False)
+        return
+    if current_preprocess() is None:
+        set_preprocess(spec)
+        err.print(f"note: preprocessing {spec.describe()}, as stored in {artifact.label}", markup=False)
 
 
 def resolve_threads(threads: int | None) -> int:

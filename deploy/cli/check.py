@@ -6,16 +6,23 @@ from typing import Annotated
 
 import typer
 
-from .app import data_arg, data_file, err, finish, guard, load, out, resolve_threads, spec_inputs, verb
+from .app import data_arg, data_file, err, finish, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb
 from .options import (
+    Bgr,
     Data,
     Json,
+    Layout,
+    Mean,
     OldBatch,
     OldInputs,
     OldWeightsA,
+    Preprocess,
+    Resize,
     RunBatch,
     Samples,
+    Scale,
     Shape,
+    Std,
     Threads,
     Weights,
     WeightsB,
@@ -44,6 +51,13 @@ def check(
                    "max_rel=1e-4, logits:min_cosine=0.999. Keys: max_rel, max_abs, min_cosine, min_sqnr_db, "
                    "min_top1. Repeatable.")] = None,
     data: Data = "auto",
+    preprocess: Preprocess = None,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    bgr: Bgr = None,
+    resize: Resize = None,
+    layout: Layout = None,
     samples: Samples = 8,
     run_batch: RunBatch = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
@@ -73,6 +87,7 @@ def check(
     run_batch = renamed(run_batch, old_batch, "--batch")
     inputs = [*spec_inputs("REFERENCE", reference), *spec_inputs("CANDIDATE", candidate), ("--weights", weights),
               ("--weights-b", weights_b), ("--data", data_file(data))]
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
     guard(inputs, [("--json", json_path)])
     for name in (backend_a, backend_b):
         if name:

@@ -10,8 +10,36 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
-from .app import data_arg, data_file, err, guard, load, out, resolve_threads, spec_inputs, verb, write_report
-from .options import Data, Json, RunBatch, Samples, Shape, Threads, Weights, examples
+from .app import (
+    data_arg,
+    data_file,
+    err,
+    guard,
+    load,
+    out,
+    preprocessing,
+    resolve_threads,
+    spec_inputs,
+    verb,
+    write_report,
+)
+from .options import (
+    Bgr,
+    Data,
+    Json,
+    Layout,
+    Mean,
+    Preprocess,
+    Resize,
+    RunBatch,
+    Samples,
+    Scale,
+    Shape,
+    Std,
+    Threads,
+    Weights,
+    examples,
+)
 
 
 def _db(x: float | None) -> str:
@@ -113,6 +141,13 @@ def debug(
     precision: Annotated[str, typer.Option(help="Tolerance preset each tensor is judged by: fp32, fp16, "
                                            "int8 (as `deploy check`).")] = "fp32",
     data: Data = "auto",
+    preprocess: Preprocess = None,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    bgr: Bgr = None,
+    resize: Resize = None,
+    layout: Layout = None,
     samples: Samples = 8,
     run_batch: RunBatch = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
@@ -140,6 +175,7 @@ def debug(
         raise BadInputError(f"--extract {extract}: folder {extract.parent} does not exist")
     if extract is not None and extract.exists() and not extract.is_dir():
         raise BadInputError(f"--extract {extract}: a file; give a folder")
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
     guard(inputs, [("--json", json_path), ("--plot", plot)])
     threads = resolve_threads(threads)
     a = load(reference, weights, shape)

@@ -15,13 +15,32 @@ from .app import (
     guard,
     load,
     out,
+    preprocessing,
     resolve_threads,
     show_failed_check,
     spec_inputs,
     verb,
     write_report,
 )
-from .options import Data, Dynamic, Json, OldInputs, Samples, Shape, Threads, Weights, examples, renamed
+from .options import (
+    Bgr,
+    Data,
+    Dynamic,
+    Json,
+    Layout,
+    Mean,
+    OldInputs,
+    Preprocess,
+    Resize,
+    Samples,
+    Scale,
+    Shape,
+    Std,
+    Threads,
+    Weights,
+    examples,
+    renamed,
+)
 
 
 @verb(epilog=examples(
@@ -42,6 +61,13 @@ def export(
     exporter: Annotated[str, typer.Option(help="torchscript (fast, honours --opset) or dynamo.")] = "torchscript",
     verify: Annotated[bool, typer.Option(help="Check ONNX Runtime against PyTorch after export.")] = True,
     data: Data = "auto",
+    preprocess: Preprocess = None,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    bgr: Bgr = None,
+    resize: Resize = None,
+    layout: Layout = None,
     samples: Samples = 4,
     threads: Threads = None,
     json_path: Json = None,
@@ -59,6 +85,7 @@ def export(
     samples = renamed(samples, old_inputs, "--inputs", default=4)
     axes = parse_dynamic(dynamic, static)
     inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data))]
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
     guard(inputs, [("-o", output), ("--json", json_path)])
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)

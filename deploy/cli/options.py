@@ -41,6 +41,23 @@ KEEP_FAILED = typer.Option("--keep-failed", help="When the verdict is FAILED, st
 DYNAMIC = typer.Option("--dynamic", help="Axes the exported file leaves free: a comma list of batch, height, "
                        "width (height/width: the last two dims of NCHW inputs), or none.")
 
+PREPROCESS = typer.Option("--preprocess", help="How images become inputs: imagenet (the default: short side to "
+                          "size·256/224, centre crop, x/255, ImageNet mean/std), unit (x/255: detectors), symmetric "
+                          "((x/255 − 0.5)/0.5: Paddle). Stored in the ONNX files the verb writes; later verbs reuse "
+                          "it.", rich_help_panel="Preprocessing")
+MEAN = typer.Option("--mean", help="Per-channel mean subtracted after /scale, e.g. 0.5,0.5,0.5 (over the preset).",
+                    rich_help_panel="Preprocessing")
+STD = typer.Option("--std", help="Per-channel std divided by after the mean, e.g. 0.5,0.5,0.5.",
+                   rich_help_panel="Preprocessing")
+SCALE = typer.Option("--scale", help="Pixels are divided by this first (default 255; 1 keeps 0–255).",
+                     rich_help_panel="Preprocessing")
+BGR = typer.Option("--bgr/--rgb", help="Channel order the model was trained on (OpenCV/Paddle: BGR).",
+                   rich_help_panel="Preprocessing")
+RESIZE = typer.Option("--resize", help="crop (the default: ImageNet evaluation), stretch, or letterbox (fit and "
+                      "pad with grey 114, YOLO-style).", rich_help_panel="Preprocessing")
+LAYOUT = typer.Option("--layout", help="NCHW or NHWC (default: told from the input shape).",
+                      rich_help_panel="Preprocessing")
+
 Weights = Annotated[str | None, WEIGHTS]
 WeightsB = Annotated[str | None, WEIGHTS_B]
 Shape = Annotated[list[str] | None, SHAPE]
@@ -51,10 +68,18 @@ Threads = Annotated[int | None, THREADS]
 Json = Annotated[Path | None, JSON]
 KeepFailed = Annotated[bool, KEEP_FAILED]
 Dynamic = Annotated[str | None, DYNAMIC]
+Preprocess = Annotated[str | None, PREPROCESS]
+Mean = Annotated[str | None, MEAN]
+Std = Annotated[str | None, STD]
+Scale = Annotated[float | None, SCALE]
+Bgr = Annotated[bool | None, BGR]
+Resize = Annotated[str | None, RESIZE]
+Layout = Annotated[str | None, LAYOUT]
 
 SHARED = {"weights": WEIGHTS, "weights_b": WEIGHTS_B, "shape": SHAPE, "data": DATA, "samples": SAMPLES,
           "run_batch": RUN_BATCH, "threads": THREADS, "json_path": JSON, "keep_failed": KEEP_FAILED,
-          "dynamic": DYNAMIC}
+          "dynamic": DYNAMIC, "preprocess": PREPROCESS, "mean": MEAN, "std": STD, "scale": SCALE, "bgr": BGR,
+          "resize": RESIZE, "layout": LAYOUT}
 
 # --- the old spellings, hidden, for one release --------------------------------------------------------
 OLD_INPUTS = typer.Option("--inputs", hidden=True, help="Old name of --samples.")

@@ -9,8 +9,23 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInputError
-from .app import data_arg, data_file, err, finish, guard, load, out, resolve_threads, spec_inputs, verb
-from .options import Data, Json, Samples, Shape, Threads, Weights, examples
+from .app import data_arg, data_file, err, finish, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb
+from .options import (
+    Bgr,
+    Data,
+    Json,
+    Layout,
+    Mean,
+    Preprocess,
+    Resize,
+    Samples,
+    Scale,
+    Shape,
+    Std,
+    Threads,
+    Weights,
+    examples,
+)
 
 
 def _round_to(text: str) -> int | None:
@@ -45,6 +60,13 @@ def prune(
     ignore: Annotated[list[str] | None, typer.Option("--ignore", help="Layers to leave whole, by name or glob "
                       "(repeatable): every group touching them keeps its channels.")] = None,
     data: Data = "auto",
+    preprocess: Preprocess = None,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    bgr: Bgr = None,
+    resize: Resize = None,
+    layout: Layout = None,
     samples: Samples = 64,
     recalibrate: Annotated[bool, typer.Option("--recalibrate-bn/--no-recalibrate-bn", help="Re-estimate BN "
                            "statistics on --data after pruning (no labels needed).")] = True,
@@ -106,6 +128,7 @@ def prune(
     inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data)),
               ("--finetune", data_file(finetune)), ("--eval", data_file(eval_data))]
     outputs = [("-o", output), ("weights", side), ("--json", json_path)]
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
     guard(inputs, outputs)
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)

@@ -8,16 +8,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .app import data_file, err, finish, guard, load, out, resolve_threads, spec_inputs, verb
+from .app import data_file, err, finish, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb
 from .options import (
+    Bgr,
     Data,
     Json,
     KeepFailed,
+    Layout,
+    Mean,
     OldBatch,
     OldCalib,
+    Preprocess,
+    Resize,
     RunBatch,
     Samples,
+    Scale,
     Shape,
+    Std,
     Threads,
     Weights,
     examples,
@@ -37,6 +44,13 @@ def quantize(
     precision: Annotated[str, typer.Option(help="int8 (Q/DQ from calibration) or fp16 (float16 weights and "
                          "compute, float32 inputs/outputs).")] = "int8",
     data: Data = "photos",
+    preprocess: Preprocess = None,
+    mean: Mean = None,
+    std: Std = None,
+    scale: Scale = None,
+    bgr: Bgr = None,
+    resize: Resize = None,
+    layout: Layout = None,
     samples: Samples = 128,
     method: Annotated[str, typer.Option(help="Range method: minmax, percentile (99.99), percentile-99.9, "
                       "percentile-99.999, entropy (TensorRT's KL), mse, or auto (all, from one histogram pass; "
@@ -87,6 +101,7 @@ def quantize(
               ("--eval", data_file(eval_data))]
     outputs = [("-o", output), ("ranges table", table_path_for(output) if precision == "int8" else None),
                ("--trt-cache", trt_cache), ("--json", json_path)]
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
     guard(inputs, outputs)
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)
