@@ -219,6 +219,8 @@ class CompareReport:
         failed = [f"{o.name}: {'; '.join(o.failures)}" for o in self.outputs if not o.passed]
         detail = f" — {'; '.join(failed)}" if failed else ""
         floor = (f" (vs float64 reference; its own fp32 error {w.reference_fp32_error:.1e})"
+                 if w.reference_fp32_error is not None and self.backend_reference.startswith("torch") else
+                 f" (noise floor of {self.backend_reference} on the reference {w.reference_fp32_error:.1e})"
                  if w.reference_fp32_error is not None else "")
         return (f"{verdict} {who}: {len(self.outputs)} output(s), max rel {w.max_rel:.2e}{floor}, cosine "
                 f"{w.cosine:.6f}, {self.samples} samples, {self.precision} tolerance{detail}")

@@ -90,6 +90,7 @@ def fuse_artifact(
     progress=None,
     dynamic: tuple[str, ...] | None = None,
     threads: int | None = None,
+    overrides: list[str] | None = None,
 ) -> FuseReport:
     """Run ``passes`` (torch stage first) and prove the result equal to ``artifact``. A model spec is
     exported with ``dynamic`` free axes (default: the batch)."""
@@ -135,7 +136,8 @@ def fuse_artifact(
             say("checking the result against the original on real photos")
             candidate = load_onnx_artifact(tmp_path)
             candidate.label = str(output)
-            report.check = check_artifacts(artifact, candidate, samples=samples, data=data, threads=threads)
+            report.check = check_artifacts(artifact, candidate, samples=samples, data=data, threads=threads,
+                                           overrides=overrides)
             if not report.check.passed:
                 error = CheckFailedError(report.check.summary() + f" — {output} not written")
                 error.report = report  # type: ignore[attr-defined]

@@ -18,6 +18,22 @@ from .inputs import Feeds, make_feeds
 from .spec import Artifact
 
 
+def _unoptimized_runs(artifact: Artifact, feeds: Feeds, threads: int | None) -> list[dict[str, np.ndarray]]:
+    """The reference ONNX file run with every ONNX Runtime optimization off: how far the runtime alone moves
+    its outputs (fused kernels, other summation orders) — the floor an exact pass is judged against."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(artifact.onnx_path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    specs = list(artifact.inputs)
+    return [dict(zip(names, session.run(names, named_for(specs, batch)))) for batch in feeds.batches]
+
+
 def default_backend(artifact: Artifact) -> str:
     return {"torch": "torch-cpu", "engine": "trt"}.get(artifact.kind, "ort-cpu")
 
@@ -119,10 +135,19 @@ def check_artifacts(
         if exact:
             with TorchFloat64Runner(ref, threads=threads) as runner:
                 ref64 = run_batches(runner, feeds, tick)
+        floor = None
+        if (exact_reference and ref.kind == "onnx" and cand.kind == "onnx" and backend_reference == "ort-cpu"
+                and precision == "fp32"):
+            floor = _unoptimized_runs(ref, feeds, threads)
     if exact:
         diffs, pair_notes = compare_outputs(ref64, results[1], precision, overrides, ref_fp32_batches=results[0])
         pair_notes.append("reference evaluated in float64; fp32 threshold = max(preset, 2 × the reference's own "
                           "fp32 error)")
+    elif floor is not None:
+        diffs, pair_notes = compare_outputs(results[0], results[1], precision, overrides, ref_fp32_batches=floor)
+        worst = max((d.reference_fp32_error or 0.0) for d in diffs) if diffs else 0.0
+        pair_notes.append(f"noise floor: ONNX Runtime with all optimizations vs none on the reference differs by "
+                          f"max rel {worst:.1e}; fp32 threshold = max(preset, 2 × that)")
     else:
         diffs, pair_notes = compare_outputs(results[0], results[1], precision, overrides)
     return CompareReport(reference.label, candidate.label, backend_reference, backend_candidate, feeds.source,

@@ -34,7 +34,8 @@ class PassReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.sites)
+        """Any site rewritten, or any count moved (a pass that changed the graph says so)."""
+        return bool(self.sites) or (bool(self.before) and bool(self.after) and self.before != self.after)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "changed": self.changed, "sites": [s.to_dict() for s in self.sites],

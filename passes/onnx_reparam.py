@@ -520,7 +520,12 @@ def onnx_reparam(model: onnx.ModelProto, fuse_bn: bool = True, max_sweeps: int =
     """Merge parallel affine branches summed by Add/Sum into one Conv (generic, measured, certified)."""
     start = time.perf_counter()
     report = PassReport("onnx_reparam", before=graph_counts(model))
-    model = onnx_fuse_bn(model).model if fuse_bn else onnx.ModelProto.FromString(model.SerializeToString())
+    if fuse_bn:  # every fold it makes is a change of this pass too, and is reported as one
+        folded = onnx_fuse_bn(model)
+        model = folded.model
+        report.sites.extend(folded.report.sites)
+    else:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
     failed: dict[str, str] = {}  # root output → last reason, for the report
     tried: set[tuple[str, int]] = set()  # (root output, region size) measured and refused already
     for _ in range(max_sweeps):
@@ -555,7 +560,9 @@ def onnx_reparam(model: onnx.ModelProto, fuse_bn: bool = True, max_sweeps: int =
             break
         eliminate_dead_nodes(model.graph)
         if fuse_bn:  # a merged conv followed by a BN folds now
-            model = onnx_fuse_bn(model).model
+            folded = onnx_fuse_bn(model)
+            model = folded.model
+            report.sites.extend(folded.report.sites)
     alive = {n.output[0] for n in model.graph.node}
     for key, why in failed.items():
         if key in alive:

@@ -6,6 +6,7 @@ import io
 import json
 import warnings
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -108,3 +109,64 @@ def test_fuse_that_fails_its_check_writes_nothing(cli, tmp_path):
     result = cli("fuse", f"{src}:make", "-o", out, "--shape", "1,3,8,8", "--data", "random")
     assert result.exit_code == 1 and "not written" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["branchy.py"]
+
+
+def _ill_conditioned_conv_bn(path):
+    """Conv (bias 4000) → BatchNormalization (mean ≈ 4000, var 0.01): the fold cancels a large offset, so
+    ONNX Runtime's own optimized and unoptimized runs of this file differ by ~6e-5."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    c = 16
+
+    def init(name, values):
+        return numpy_helper.from_array(np.asarray(values, np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("BatchNormalization", ["c1", "g", "be", "m", "v"], ["bn1"], epsilon=1e-5, name="bn1"),
+             helper.make_node("Relu", ["bn1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["out"], pads=[1, 1, 1, 1], name="conv2")]
+    weights = [init("w1", rng.standard_normal((c, 3, 3, 3)) * 0.5), init("b1", np.full(c, 4000.0)),
+               init("g", np.ones(c)), init("be", np.zeros(c)), init("m", 4000.0 + rng.standard_normal(c) * 0.1),
+               init("v", np.full(c, 1e-2)), init("w2", rng.standard_normal((8, c, 3, 3)) * 0.1)]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])]
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 8, 32, 32])]
+    graph = helper.make_graph(nodes, "ill", inputs, outputs, weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_to_onnx_is_judged_against_the_runtime_noise_floor(cli, tmp_path):
+    original = _ill_conditioned_conv_bn(tmp_path / "ill.onnx")
+    report = tmp_path / "fuse.json"
+    result = cli("fuse", original, "-o", tmp_path / "fused.onnx", "--data", "random", "--json", report)
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    floor = data["check"]["outputs"][0]["reference_fp32_error"]
+    assert 1e-5 < 2 * floor < 1e-3  # ONNX Runtime itself moves this file's outputs by more than 1e-5
+    assert data["check"]["outputs"][0]["tolerance"]["max_rel"] == pytest.approx(2 * floor)
+    assert any(n.startswith("noise floor: ONNX Runtime") for n in data["check"]["notes"])
+    reparam = data["passes"][0]
+    assert reparam["changed"] and any("bn1" in s["where"] or "BatchNormalization" in s["what"]
+                                      for s in reparam["sites"])  # the fold is reported as a change
+    # a candidate off by 3e-5: within the floor, so it passes; held to a fixed 1e-5 it fails
+    model = onnx.load(str(tmp_path / "fused.onnx"))
+    out = next(i for i in model.graph.initializer if i.name == model.graph.node[-1].input[1])
+    values = onnx.numpy_helper.to_array(out).copy()
+    values[0, 0, 1, 1] *= 1.0 + 3e-4
+    out.CopyFrom(onnx.numpy_helper.from_array(values, out.name))
+    onnx.save(model, str(tmp_path / "near.onnx"))
+    near = cli("check", original, tmp_path / "near.onnx", "--data", "random", "--json", tmp_path / "near.json")
+    worst = json.loads((tmp_path / "near.json").read_text())["outputs"][0]["max_rel"]
+    assert 1e-5 < worst < 2 * floor and near.exit_code == 0, near.output
+    assert cli("check", original, tmp_path / "near.onnx", "--data", "random", "--tol", "max_rel=1e-5").exit_code == 1
+
+
+def test_fuse_tol_and_a_failed_proof_shows_its_table(cli, tmp_path):
+    original = _ill_conditioned_conv_bn(tmp_path / "ill.onnx")
+    result = cli("fuse", original, "-o", tmp_path / "fused.onnx", "--data", "random", "--tol", "max_rel=1e-12")
+    assert result.exit_code == 1 and not (tmp_path / "fused.onnx").exists()
+    assert "max rel" in result.output and "verdict" in result.output  # the comparison table, before the exit
+    assert result.output.strip().splitlines()[-1].startswith("FAILED")

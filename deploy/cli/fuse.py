@@ -40,6 +40,10 @@ def fuse(
     shape: Shape = None,
     dynamic: Dynamic = None,
     verify: Annotated[bool, typer.Option(help="Check the result against the original (fp32 tolerance).")] = True,
+    tol: Annotated[list[str] | None, typer.Option("--tol", help="Override a threshold of the proof, as `deploy "
+                   "check --tol`: max_rel=1e-4, logits:max_rel=2e-5. The default is already the larger of 1e-5 "
+                   "and twice the reference's own error (float64 for a model, ONNX Runtime's optimized vs "
+                   "unoptimized run for an ONNX file).")] = None,
     data: Data = "auto",
     samples: Samples = 8,
     threads: Threads = None,
@@ -71,7 +75,7 @@ def fuse(
         try:
             report = fuse_artifact(artifact, output, passes=names, verify=verify, samples=samples,
                                    data=data_arg(data, artifact), dynamic=axes, threads=threads,
-                                   progress=lambda msg: status.update(msg))
+                                   overrides=tol or [], progress=lambda msg: status.update(msg))
         except CheckFailedError as error:
             show_failed_check(error, json_path, inputs=inputs, threads=threads)
             raise
@@ -79,10 +83,11 @@ def fuse(
     out.print(ops_table(f"{model} → {output}: nodes by op type", {"before": ops(report.before),
                                                                     "after": ops(report.after)}))
     table = Table(title="passes")
-    for col in ("pass", "stage", "sites", "skipped", "seconds"):
-        table.add_column(col, justify="left" if col in ("pass", "stage") else "right")
+    for col in ("pass", "stage", "changed", "sites", "skipped", "seconds"):
+        table.add_column(col, justify="left" if col in ("pass", "stage", "changed") else "right")
     for r in report.passes:
-        table.add_row(r["name"], r["stage"], str(len(r["sites"])), str(len(r["skipped"])), f"{r['seconds']:.2f}")
+        table.add_row(r["name"], r["stage"], "yes" if r["changed"] else "no", str(len(r["sites"])),
+                      str(len(r["skipped"])), f"{r['seconds']:.2f}")
     out.print(table)
     for r in report.passes:
         for warning in r["warnings"]:
