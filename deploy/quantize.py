@@ -62,6 +62,7 @@ class QuantizeOptions:
     eval_samples: int = 64
     counts_given: bool = False  # the user set --samples/--eval-samples: never scaled down to fit the data
     allow_poor: bool = False  # write (exit 0, loudly) an int8/fp16 that misses `deploy check`'s preset
+    measure: bool = True  # ort-cpu: time int8 against fp32 (interleaved, ~1 s) and say when it is slower
     batch: int | None = None  # samples per run; default CALIBRATION_BATCH / SCORING_BATCH
     keep_float: tuple[str, ...] = ()
     max_drop: float | None = None  # top-1 points: accuracy drop with labels, else 100 − agreement with fp32
@@ -128,6 +129,7 @@ class QuantizeReport:
     preset_failures: list[str] = field(default_factory=list)  # `deploy check --precision` misses, held-out
     allowed_poor: bool = False
     integer_kernels: dict | None = None  # ONNX Runtime CPU's optimized graph: Conv vs QLinearConv
+    latency: dict | None = None  # int8 vs fp32 medians on ONNX Runtime CPU, interleaved
     quantized_nodes: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
@@ -248,6 +250,28 @@ class _Judge:
         if score.accuracy is not None and self.fp32_accuracy is not None:
             return self.fp32_accuracy - score.accuracy
         return None if score.top1_agreement is None else 100.0 - score.top1_agreement
+
+
+def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray],
+                         threads: int | None, seconds: float = 0.6) -> dict:
+    """Median latency of fp32 and int8 sessions run alternately on one batch (a quick look, not a bench:
+    interleaving makes the ratio fair on a noisy machine)."""
+    sessions = [cpu_session(m, threads) for m in (fp32, int8)]
+    runs = [run_function(s) for s in sessions]
+    for run in runs:  # warm-up
+        run(feeds)
+    times: list[list[float]] = [[], []]
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times[0]) < 10:
+        for i, run in enumerate(runs):
+            t0 = time.perf_counter()
+            run(feeds)
+            times[i].append(time.perf_counter() - t0)
+        if len(times[0]) >= 200:
+            break
+    fp32_ms, int8_ms = (float(np.median(t)) * 1e3 for t in times)
+    return {"fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3), "ratio": round(int8_ms / fp32_ms, 3),
+            "runs": len(times[0]), "batch": len(next(iter(feeds.values())))}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -503,6 +527,16 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         report.integer_kernels = {"QLinearConv": ops.get("QLinearConv", 0), "Conv (float)": ops.get("Conv", 0),
                                   "QGemm": ops.get("QGemm", 0), "QLinearMatMul": ops.get("QLinearMatMul", 0),
                                   "QLinearAdd": ops.get("QLinearAdd", 0), "ops": ops}
+        if options.measure:
+            say("timing int8 against fp32 on ONNX Runtime CPU")
+            report.latency = _interleaved_latency(fp32, model, judge.feeds[0], options.threads)
+            if report.latency["ratio"] > 1.05:
+                report.notes.append(
+                    f"int8 measured slower than fp32 here: {report.latency['int8_ms']:.2f} ms vs "
+                    f"{report.latency['fp32_ms']:.2f} ms per run of {report.latency['batch']} (×"
+                    f"{report.latency['ratio']:.2f}); the float ops left and the Q/DQ between them cost more than "
+                    f"the integer kernels save — `deploy debug` ranks layers for --keep-float, and `deploy bench` "
+                    f"times the result on the target")
     table = RangesTable(
         ranges={t: (float(lo), float(hi)) for t, (lo, hi) in ranges.items() if t in set(final_plan.calibrated)},
         method=report.chosen, target=options.target, fingerprint=fingerprint_arrays(calib.array),

@@ -98,6 +98,20 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f} %"
 
 
+LAYOUT_OPS = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+              "ReorderInput", "ReorderOutput", "Identity", "Shape", "Gather", "Slice", "Concat"}
+
+
+def runs_as(ops: dict[str, int]) -> str:
+    """What ONNX Runtime CPU really runs: the integer kernels, then every op left computing in float."""
+    integer = {k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger",
+                                                             "NhwcMaxPool", "QAttention"))}
+    floats = {k: v for k, v in ops.items() if k not in integer and k not in LAYOUT_OPS}
+    text = ", ".join(f"{v} {k}" for k, v in sorted(integer.items(), key=lambda kv: -kv[1])) or "no integer kernel"
+    left = ", ".join(f"{v} {k}" for k, v in sorted(floats.items(), key=lambda kv: -kv[1]))
+    return f"ONNX Runtime CPU runs: {text}; in float: {left or 'nothing'}"
+
+
 def print_quantize(report, console: Console) -> None:
     """`deploy quantize`: the scored candidates, the sensitivity ranking, and what ONNX Runtime runs."""
     if report.scores:
@@ -137,9 +151,11 @@ def print_quantize(report, console: Console) -> None:
     if report.kept_float:
         console.print(f"kept in float: {', '.join(report.kept_float)}", markup=False)
     if report.integer_kernels:
-        k = report.integer_kernels
-        console.print(f"ONNX Runtime CPU runs: {k['QLinearConv']} QLinearConv, {k['Conv (float)']} float Conv, "
-                      f"{k['QGemm']} QGemm, {k['QLinearAdd']} QLinearAdd", markup=False)
+        console.print(runs_as(report.integer_kernels.get("ops", {})), markup=False)
+    if report.latency:
+        lat = report.latency
+        console.print(f"ONNX Runtime CPU, batch {lat['batch']}, interleaved: fp32 {lat['fp32_ms']:.2f} ms, int8 "
+                      f"{lat['int8_ms']:.2f} ms (×{lat['ratio']:.2f})", markup=False)
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
     sizes = f"{fmt_bytes(report.bytes_before)} → {fmt_bytes(report.bytes_after)}"

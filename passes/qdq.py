@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from .core import PassReport, PassResult, Site
 from .onnx_graph import GraphIndex, NameAllocator, attributes, graph_counts
 
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")  # every op with a weight any target quantizes
 ACTIVATION_OPS = ("Relu", "Clip")  # removable into the following Q when its zero point sits at qmin
 SAME_SCALE_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 OWN_RANGE_OPS = ("GlobalAveragePool", "AveragePool", "Concat", "Add")
@@ -51,6 +51,9 @@ class QuantTarget:
     activation_type: int  # TensorProto.UINT8 or TensorProto.INT8
     quantize_bias: bool  # int32 bias via DequantizeLinear (ONNX Runtime) or float bias (TensorRT)
     description: str
+    # ops quantized: those the runtime runs as integer kernels (ONNX Runtime CPU has no integer
+    # ConvTranspose: a Q/DQ pair there only dequantizes the weights back to float, slower and less exact)
+    weighted_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 
     @property
     def unsigned(self) -> bool:
@@ -66,8 +69,8 @@ TARGETS: dict[str, QuantTarget] = {
                             "int8 symmetric activations (S8S8), int8 per-channel weights, int32 bias"),
     # TensorRT explicit quantization: symmetric int8, zero point 0, per-channel weights on axis 0, float bias.
     "trt": QuantTarget("trt", TensorProto.INT8, False,
-                       "int8 symmetric activations and weights (zero point 0, weights per channel on axis 0), "
-                       "float bias"),
+                       "int8 symmetric activations and weights (zero point 0, weights per channel on the output "
+                       "axis), float bias", ("Conv", "Gemm", "MatMul", "ConvTranspose")),
 }
 
 
@@ -119,6 +122,8 @@ def _weight_input(index: GraphIndex, node: onnx.NodeProto) -> tuple[np.ndarray, 
         return None
     if node.op_type == "Conv":
         return weight, 0
+    if node.op_type == "ConvTranspose":  # weight (Cin, Cout/group, k…): output channels on axis 1
+        return (weight, 1) if attributes(node).get("group", 1) == 1 else None
     if node.op_type == "Gemm":
         attrs = attributes(node)
         if attrs.get("transA", 0) or weight.ndim != 2:
@@ -181,6 +186,9 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
 
     for node in model.graph.node:
         op = node.op_type
+        if op in WEIGHTED_OPS and op not in qt.weighted_ops:
+            plan.kept[node.name] = f"{qt.name} has no integer {op} kernel"
+            continue
         if op in WEIGHTED_OPS:
             if _weight_input(index, node) is None:
                 plan.kept[node.name] = "weight is not a float constant"
