@@ -36,7 +36,7 @@ from .onnx_graph import GraphIndex, add_initializer, attributes, eliminate_dead_
 # Ops that are affine in their (single) non-constant data input, given constant other inputs.
 AFFINE_OPS = {"Conv", "BatchNormalization", "Pad", "Slice", "Concat", "Add", "Sub", "Mul", "Div", "Sum",
               "AveragePool", "Identity", "Dropout", "Neg", "Unsqueeze", "Squeeze", "Expand", "Where",
-              "ScatterND", "Cast"}
+              "ScatterND", "Cast", "Transpose"}
 SHAPE_OPS = {"Shape", "Size"}  # their output depends on shapes only: constants for a fixed input size
 ROOT_OPS = {"Add", "Sum"}
 CERTIFY_TOLERANCE = 1e-6
@@ -51,6 +51,8 @@ class Region:
     root: onnx.NodeProto
     source: str
     nodes: list[onnx.NodeProto] = field(default_factory=list)  # in graph order
+    # tensors outside the region whose shape (only) the region reads: constants at the file's size
+    shape_reads: set[str] = field(default_factory=set)
 
 
 def _linear_in_data(node: onnx.NodeProto, data: list[str], index: GraphIndex) -> str | None:
@@ -101,13 +103,15 @@ def find_region(root: onnx.NodeProto, index: GraphIndex, const: set[str]) -> Reg
     sources: set[str] = set()
     seen: set[str] = set()
 
-    def visit(name: str) -> None:
+    def visit(name: str, shape_only: bool = False) -> None:
         if name in seen or name in const:
             return
         seen.add(name)
         node = index.producer.get(name)
         if node is None or node.op_type not in AFFINE_OPS:
-            sources.add(name)  # a graph input, or the output of a non-affine op (Relu …)
+            # a graph input, or the output of a non-affine op (Relu …); read through a Shape, only its
+            # shape matters: the branches' source if it is that, else a constant at the file's size
+            (shape_reads if shape_only else sources).add(name)
             return
         data = [i for i in node.input if i not in const]
         why = _linear_in_data(node, data, index)
@@ -115,7 +119,7 @@ def find_region(root: onnx.NodeProto, index: GraphIndex, const: set[str]) -> Reg
             raise NotMergeable(why)
         data_nodes[id(node)] = node
         for name_in in data:
-            visit(name_in)
+            visit(name_in, shape_only)
 
     data_nodes[id(root)] = root
     for name in root.input:
@@ -124,6 +128,7 @@ def find_region(root: onnx.NodeProto, index: GraphIndex, const: set[str]) -> Reg
     # a Shape of a tensor computed from X pulls that computation into the region too
     members: dict[int, onnx.NodeProto] = {}
     stack: list[str] = []
+    shape_reads: set[str] = set()
 
     def admit_data_nodes() -> None:
         for key, node in list(data_nodes.items()):
@@ -140,8 +145,10 @@ def find_region(root: onnx.NodeProto, index: GraphIndex, const: set[str]) -> Reg
         members[id(node)] = node
         if node.op_type in SHAPE_OPS:
             if node.input[0] not in const:
-                visit(node.input[0])
+                visit(node.input[0], shape_only=True)
                 admit_data_nodes()
+            elif node.input[0] not in index.initializers:  # the shape of shape arithmetic: computed too
+                stack.append(node.input[0])
             continue
         stack.extend(i for i in node.input if i and i not in index.initializers)
     if len(sources) != 1:
@@ -157,7 +164,9 @@ def find_region(root: onnx.NodeProto, index: GraphIndex, const: set[str]) -> Reg
             if out in index.graph_outputs or any(id(c) not in members for c in index.consumers.get(out, [])):
                 raise NotMergeable(f"{node.op_type} {node.name or out} inside the branches is also used elsewhere")
     order = {id(n): i for i, n in enumerate(index.graph.node)}
-    return Region(root, source, sorted(members.values(), key=lambda n: order[id(n)]))
+    produced = {t for n in data_nodes.values() for t in n.output}
+    outside = {t for t in shape_reads if t != source and t not in produced}
+    return Region(root, source, sorted(members.values(), key=lambda n: order[id(n)]), outside)
 
 
 # -- geometry -------------------------------------------------------------------------------------------
@@ -286,8 +295,10 @@ def merged_geometry(paths: list[list[Window]]) -> Geometry:
 
 
 # -- running the region in float64 ---------------------------------------------------------------------
-def _region_model(region: Region, index: GraphIndex, opsets: list) -> onnx.ModelProto:
-    """The region alone as a float64 model: X → root output."""
+def _region_model(region: Region, index: GraphIndex, opsets: list,
+                  shapes: dict[str, list[int | None]] | None = None) -> onnx.ModelProto:
+    """The region alone as a float64 model: X → root output. A Shape of a tensor outside the region is
+    the constant that tensor's shape is in the file (shape arithmetic fed by the graph input, say)."""
     needed = {name for n in region.nodes for name in n.input if name in index.initializers}
     inits = []
     for name in sorted(needed):
@@ -297,6 +308,27 @@ def _region_model(region: Region, index: GraphIndex, opsets: list) -> onnx.Model
         inits.append(numpy_helper.from_array(array, name))
     nodes = []
     for node in region.nodes:
+        if node.op_type == "Shape" and node.input[0] in region.shape_reads:
+            dims = (shapes or {}).get(node.input[0])
+            if not dims or any(d is None for d in dims[1:]):
+                raise NotMergeable(f"the branches read the shape of {node.input[0]}, which the file leaves free")
+            attrs = attributes(node)
+            start, end = attrs.get("start", 0), attrs.get("end", len(dims))
+            if start < 0 or end < 0 or (dims[0] is None and start > 0):
+                start, end = (start % len(dims)), (end % len(dims) if end < 0 else end)
+            out = node.output[0]
+            rest = np.asarray(dims[max(start, 1):end], np.int64)
+            if dims[0] is None and start == 0:  # a free batch: the source's own (the batch runs through)
+                nodes += [helper.make_node("Shape", [region.source], [out + "_src"]),
+                          helper.make_node("Slice", [out + "_src", out + "_0", out + "_1"], [out + "_batch"]),
+                          helper.make_node("Concat", [out + "_batch", out + "_rest"], [out], axis=0)]
+                inits += [numpy_helper.from_array(np.asarray([0], np.int64), out + "_0"),
+                          numpy_helper.from_array(np.asarray([1], np.int64), out + "_1"),
+                          numpy_helper.from_array(rest, out + "_rest")]
+            else:
+                value = np.asarray(dims[start:end], np.int64)
+                nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(value, out + "_v")))
+            continue
         node = onnx.NodeProto.FromString(node.SerializeToString())
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
@@ -347,12 +379,15 @@ class RegionRunner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.evaluator.run(None, {self.input: x})[0], dtype=np.float64)
 
-    def value_at(self, name: str, channels: int, rank: int, size: int = 16) -> np.ndarray:
+    def value_at(self, name: str, channels: int, rank: int, size: int = 16,
+                 fixed: tuple[int, ...] | None = None) -> np.ndarray:
         """An intermediate tensor's value for a zero input of spatial ``size`` (shape arithmetic)."""
-        return np.asarray(self.evaluator.run([name], {self.input: np.zeros((1, channels) + (size,) * rank)})[0])
+        spatial = tuple(fixed) if fixed else (size,) * rank
+        return np.asarray(self.evaluator.run([name], {self.input: np.zeros((1, channels) + spatial)})[0])
 
 
-def _measure_size(geometry: Geometry, pad_end: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _measure_size(geometry: Geometry, pad_end: tuple[int, ...],
+                  fixed: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The smallest input (per axis: size n, first impulse position c) whose outputs show every tap of
     every stride phase: impulses at c … c+s−1 reach outputs (c + d + P − k)/s, which must all lie in
     [0, out) with out = floor((n + P + P_end − K)/s) + 1. Small inputs keep the impulse runs cheap."""
@@ -364,15 +399,19 @@ def _measure_size(geometry: Geometry, pad_end: tuple[int, ...]) -> tuple[tuple[i
             n += 1
         sizes.append(n)
         starts.append(c)
+    if fixed is not None:  # a region whose constants hold the file's own size: measured at that size
+        if any(f < n for f, n in zip(fixed, sizes)):
+            raise NotMergeable(f"the input ({'×'.join(map(str, fixed))}) is too small to read the merged kernel")
+        return tuple(fixed), tuple(starts)
     return tuple(sizes), tuple(starts)
 
 
-def measure_conv(run: RegionRunner, channels: int, geometry: Geometry, pad_end: tuple[int, ...]
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def measure_conv(run: RegionRunner, channels: int, geometry: Geometry, pad_end: tuple[int, ...],
+                 fixed: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Kernel (Cout, Cin, *K) and bias (Cout) of the region, read from impulse responses (see module doc)."""
     rank = len(geometry.kernel)
     s, P, K = geometry.stride, geometry.pad_begin, geometry.kernel
-    size, start = _measure_size(geometry, pad_end)
+    size, start = _measure_size(geometry, pad_end, fixed)
     zero = run(np.zeros((1, channels, *size)))
     cout = zero.shape[1]
     kernel = np.zeros((cout, channels, *K))
@@ -422,10 +461,11 @@ def _conv_model(source: str, output: str, weight: np.ndarray, bias: np.ndarray, 
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _pad_end(geometry: Geometry, run: RegionRunner, channels: int) -> tuple[int, ...]:
+def _pad_end(geometry: Geometry, run: RegionRunner, channels: int,
+             fixed: tuple[int, ...] | None = None) -> tuple[int, ...]:
     """End padding that makes the conv's output size equal the region's, found from one probe."""
     rank = len(geometry.kernel)
-    size = tuple(geometry.stride[a] * (geometry.kernel[a] + 3) + 5 for a in range(rank))
+    size = tuple(fixed) if fixed else tuple(geometry.stride[a] * (geometry.kernel[a] + 3) + 5 for a in range(rank))
     out = run(np.zeros((1, channels, *size))).shape[2:]
     ends = []
     for a in range(rank):
@@ -438,12 +478,15 @@ def _pad_end(geometry: Geometry, run: RegionRunner, channels: int) -> tuple[int,
     return tuple(ends)
 
 
-def certify(run: RegionRunner, candidate: RegionRunner, channels: int, geometry: Geometry, seed: int) -> float:
-    """Largest relative error of the candidate against the region over two random inputs."""
+def certify(run: RegionRunner, candidate: RegionRunner, channels: int, geometry: Geometry, seed: int,
+            fixed: tuple[int, ...] | None = None) -> float:
+    """Largest relative error of the candidate against the region over two random inputs (of two sizes,
+    both parities; at the file's own size when its constants fix it)."""
     rng = np.random.default_rng(seed)
     worst = 0.0
     for extra in (0, 1):
-        size = tuple(geometry.stride[a] * (geometry.kernel[a] + 2) + 3 + extra for a in range(len(geometry.kernel)))
+        size = tuple(fixed) if fixed else tuple(
+            geometry.stride[a] * (geometry.kernel[a] + 2) + 3 + extra for a in range(len(geometry.kernel)))
         x = rng.standard_normal((2, channels, *size))
         a, b = run(x), candidate(x)
         if a.shape != b.shape:
@@ -469,22 +512,52 @@ def _macs_of_region(region: Region, index: GraphIndex, windows: dict, final_stri
     return total
 
 
-def merge_region(model: onnx.ModelProto, index: GraphIndex, region: Region, channels: int, rank: int,
-                 seed: int = 0) -> str:
-    """Measure, certify and splice in one Conv for ``region``; returns what it did."""
-    run = RegionRunner(_region_model(region, index, list(model.opset_import)))
-    paths, windows = path_windows(region, index, rank, resolve=lambda name: run.value_at(name, channels, rank))
+def _measure(run: RegionRunner, region: Region, index: GraphIndex, channels: int, rank: int, seed: int,
+             fixed: tuple[int, ...] | None):
+    paths, windows = path_windows(region, index, rank,
+                                  resolve=lambda name: run.value_at(name, channels, rank, fixed=fixed))
     geometry = merged_geometry(paths)
-    pad_end = _pad_end(geometry, run, channels)
-    kernel, bias = measure_conv(run, channels, geometry, pad_end)
+    pad_end = _pad_end(geometry, run, channels, fixed)
+    kernel, bias = measure_conv(run, channels, geometry, pad_end, fixed)
     groups = detect_groups(kernel)
     weight = grouped_weight(kernel, groups).astype(np.float32)
     candidate = RegionRunner(_conv_model(region.source, region.root.output[0], weight.astype(np.float64),
                                          bias, geometry, pad_end, groups))
-    error = certify(run, candidate, channels, geometry, seed)
+    error = certify(run, candidate, channels, geometry, seed, fixed)
     if not error <= CERTIFY_TOLERANCE:
         raise NotMergeable(f"the measured conv does not reproduce the branches (rel. error {error:.1e}): "
                            "misaligned padding or a non-conv border")
+    return windows, geometry, pad_end, groups, weight, bias, error
+
+
+def merge_region(model: onnx.ModelProto, index: GraphIndex, region: Region, channels: int, rank: int,
+                 seed: int = 0, spatial: tuple[int, ...] | None = None,
+                 shapes: dict[str, list[int | None]] | None = None) -> str:
+    """Measure, certify and splice in one Conv for ``region``; returns what it did.
+
+    Regions are measured on small inputs of their own choosing. One whose shape arithmetic was baked into
+    constants at the file's size (an exporter writing slice assignments as ScatterND over Expand of a fixed
+    shape) cannot run at another size: it is measured and certified at ``spatial``, the size its source
+    has in the file."""
+    run = RegionRunner(_region_model(region, index, list(model.opset_import), shapes))
+    at = None
+    try:
+        windows, geometry, pad_end, groups, weight, bias, error = _measure(run, region, index, channels, rank,
+                                                                           seed, None)
+    except Exception as first:  # the evaluator's broadcasting errors, or a NotMergeable at foreign sizes
+        if not spatial or any(d is None for d in spatial):
+            raise first if isinstance(first, NotMergeable) else NotMergeable(
+                f"the branches cannot be run at other sizes ({type(first).__name__}) and the input size is "
+                f"unknown") from None
+        at = tuple(spatial)
+        try:
+            windows, geometry, pad_end, groups, weight, bias, error = _measure(run, region, index, channels,
+                                                                               rank, seed, at)
+        except NotMergeable:
+            raise
+        except Exception as second:
+            raise NotMergeable(f"the branches fail to run at the file's size: {type(second).__name__}: "
+                               f"{str(second).splitlines()[0][:120]}") from None
     merged_macs = int(np.prod(weight.shape))
     region_macs = _macs_of_region(region, index, windows, geometry.stride)
     if merged_macs > region_macs * (1 + 1e-9):
@@ -503,7 +576,8 @@ def merge_region(model: onnx.ModelProto, index: GraphIndex, region: Region, chan
     graph.node.insert(position, conv)
     convs = sum(1 for n in region.nodes if n.op_type == "Conv")
     what = (f"{len(region.nodes)} nodes ({convs} Conv) → Conv {'×'.join(map(str, geometry.kernel))} "
-            f"stride {geometry.stride[0]} groups {groups}, certified rel. error {error:.1e}")
+            f"stride {geometry.stride[0]} groups {groups}, certified rel. error {error:.1e}"
+            + (f" at the file's size {'×'.join(map(str, at))}" if at else ""))
     return what
 
 
@@ -546,7 +620,8 @@ def onnx_reparam(model: onnx.ModelProto, fuse_bn: bool = True, max_sweeps: int =
                 shape = shapes.get(region.source) or []
                 if len(shape) < 3 or shape[1] is None:
                     raise NotMergeable(f"channel count of {region.source} unknown")
-                what = merge_region(model, index, region, shape[1], rank=len(shape) - 2)
+                what = merge_region(model, index, region, shape[1], rank=len(shape) - 2,
+                                    spatial=tuple(shape[2:]), shapes=shapes)
             except NotMergeable as why:
                 failed[key] = str(why)
                 if region is not None:

@@ -249,3 +249,20 @@ def test_fuse_bn_folds_conv_gemm_and_reports_the_rest():
     with torch.no_grad():
         expected = module(torch.from_numpy(x)).numpy()
     assert relative_error(expected, run(result.model, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_dbb_as_its_authors_wrote_it_merges_to_one_conv_per_block(cli, exporter, tmp_path):
+    """BN-then-pad by slice assignment (ScatterND over shapes the exporter takes from Shape(input)):
+    shape arithmetic is a constant for the file's input size, never a second source of the branches."""
+    from pathlib import Path
+
+    spec = f"{Path(__file__).parents[1] / 'fixtures' / 'dbb_authors.py'}:net"
+    exported = tmp_path / f"{exporter}.onnx"
+    assert cli("export", spec, "-o", exported, "--shape", "1,3,32,32", "--exporter", exporter).exit_code == 0
+    assert sum(n.op_type == "Conv" for n in onnx.load(str(exported)).graph.node) == 16
+    fused = tmp_path / "fused.onnx"
+    result = cli("fuse", exported, "-o", fused)
+    assert result.exit_code == 0, result.output
+    ops = [n.op_type for n in onnx.load(str(fused)).graph.node]
+    assert ops.count("Conv") == 4 and "ScatterND" not in ops  # three blocks and the head
