@@ -95,7 +95,7 @@ def main() -> None:
         start = time.perf_counter()
         report = quantize_artifact(load_onnx_artifact(fp32), ours, QuantizeOptions(
             method="auto", calib=str(calib_file), eval_data=str(held_file), samples=args.samples,
-            eval_samples=args.eval_samples))
+            eval_samples=args.eval_samples, counts_given=True, allow_poor=True))  # scored side by side here
         ours_seconds = time.perf_counter() - start
         row = {"model": name, "ours": {"method": report.chosen, "seconds": round(ours_seconds, 1),
                                        "calibrate_seconds": round(report.seconds["calibrate"], 1),
