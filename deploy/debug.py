@@ -38,8 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends.ort_runner import cpu_session, optimized_op_counts
 from .compare import OutputDiff, Tolerance, diff_output, tolerance_for
 from .errors import BadInputError
+from .passes.qdq import with_outputs
 
 REF_SUFFIX = "__deploy_ref"
 SKIP_OPS = {"Constant", "ConstantOfShape", "Shape", "Size"}  # weights and shape arithmetic, not activations
@@ -188,18 +190,6 @@ def activations(model) -> list[tuple[str, int]]:
         if node.op_type in SKIP_OPS:
             continue
         out.extend((t, position) for t in node.output if t and t not in constants)
-    return out
-
-
-def with_outputs(model, tensors: list[str], types: dict[str, int]):
-    """A copy of ``model`` that also outputs ``tensors`` (typed as shape inference found them)."""
-    import onnx
-
-    out = copy.deepcopy(model)
-    present = {o.name for o in out.graph.output}
-    for name in tensors:
-        if name not in present:
-            out.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name, 1), None))
     return out
 
 
@@ -407,25 +397,9 @@ def trace_torch(module, batches: list[dict[str, np.ndarray]], names: list[str],
 
 # ------------------------------------------------------------------------------------------- running
 
-def _session(model, provider: str, threads: int | None, optimized: Path | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if optimized is not None:
-        options.optimized_model_filepath = str(optimized)
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=[provider])
-    except Exception as err:  # onnxruntime's own exception types
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BadInputError(f"ONNX Runtime cannot load the model: {text[:200]}") from None
-
-
 def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], provider: str, threads: int | None,
              extra: Callable[[int], dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
-    session = _session(model, provider, threads)
+    session = cpu_session(model, threads, provider=provider)
     wanted = {i.name for i in session.get_inputs()}
     got: dict[str, list[np.ndarray]] = {}
     for i, batch in enumerate(batches):
@@ -441,15 +415,6 @@ def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], pr
         for name, value in zip(outputs, results):
             got.setdefault(name, []).append(value)
     return {k: np.concatenate(v) for k, v in got.items()}
-
-
-def optimized_ops(model, provider: str, threads: int | None) -> Counter:
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "optimized.onnx"
-        _session(model, provider, threads, optimized=path)
-        return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 # ----------------------------------------------------------------------------------------------- debug
@@ -712,7 +677,8 @@ def _final_diffs(final_a: dict, final_b: dict, precision: str) -> list[OutputDif
 
 def _perturbation(model_b, exposed, final_b, acc_b, names, provider, threads) -> dict:
     """Fusions ONNX Runtime loses when the tensors are exposed, and whether the final outputs moved."""
-    plain, instrumented = optimized_ops(model_b, provider, threads), optimized_ops(exposed, provider, threads)
+    plain = Counter(optimized_op_counts(model_b, threads, provider))
+    instrumented = Counter(optimized_op_counts(exposed, threads, provider))
     lost = {op: [plain[op], instrumented.get(op, 0)] for op in plain if instrumented.get(op, 0) < plain[op]}
     gained = {op: [plain.get(op, 0), instrumented[op]] for op in instrumented if plain.get(op, 0) < instrumented[op]}
     moved = 0.0

@@ -244,7 +244,7 @@ def convert_onnx_file(artifact: Artifact, output: str | os.PathLike, *, opset: i
     import onnx
 
     from .files import atomic_path
-    from .normalize import constants_to_initializers, default_opset, symbolic_dims, upgrade, verify_same
+    from .normalize import default_opset, regularize, verify_same
 
     if not 7 <= opset <= 23:
         raise BadInputError(f"--opset {opset}: choose an opset between 7 and 23 (17 is a safe default)")
@@ -255,22 +255,14 @@ def convert_onnx_file(artifact: Artifact, output: str | os.PathLike, *, opset: i
     original = onnx.load(str(source))
     model = onnx.ModelProto()
     model.CopyFrom(original)
-    notes = []
-    moved = constants_to_initializers(model)
-    if moved:
-        notes.append(f"{moved} Constant-node weights → initializers")
-    renamed = symbolic_dims(model)
-    if renamed:
-        notes.append(f"literal dims made symbolic: {', '.join(renamed)}")
     was = default_opset(model)
     if opset < was:
         raise BadInputError(f"{source}: opset {was} → {opset} is a downgrade; deploy upgrades files (give --opset ≥ "
                             f"{was})")
     if opset != was:
         say(f"converting opset {was} → {opset}")
-        model = upgrade(model, opset)
-        notes.append(f"opset {was} → {opset} (onnx.version_converter)")
-    else:
+    model, notes = regularize(model, opset)
+    if opset == was:
         notes.append(f"already opset {opset}: not converted")
     try:
         model = onnx.shape_inference.infer_shapes(model)

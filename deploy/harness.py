@@ -21,14 +21,9 @@ from .spec import Artifact
 def _unoptimized_runs(artifact: Artifact, feeds: Feeds, threads: int | None) -> list[dict[str, np.ndarray]]:
     """The reference ONNX file run with every ONNX Runtime optimization off: how far the runtime alone moves
     its outputs (fused kernels, other summation orders) — the floor an exact pass is judged against."""
-    import onnxruntime as ort
+    from .backends.ort_runner import cpu_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(artifact.onnx_path), options, providers=["CPUExecutionProvider"])
+    session = cpu_session(artifact.onnx_path, threads, optimize=False)
     names = [o.name for o in session.get_outputs()]
     specs = list(artifact.inputs)
     return [dict(zip(names, session.run(names, named_for(specs, batch)))) for batch in feeds.batches]

@@ -103,6 +103,23 @@ def upgrade(model, target: int):
         raise BadInputError(f"cannot upgrade opset {default_opset(model)} → {target}: {text[:200]}") from None
 
 
+def regularize(model, opset: int):
+    """Constant-node weights → initializers, literal −1/0 I/O dims symbolic, the opset raised to ``opset``
+    (never lowered): the model and what changed, in words."""
+    changes = []
+    moved = constants_to_initializers(model)
+    if moved:
+        changes.append(f"{moved} Constant-node weights → initializers")
+    renamed = symbolic_dims(model)
+    if renamed:
+        changes.append(f"literal dims made symbolic: {', '.join(renamed)}")
+    was = default_opset(model)
+    if was < opset:
+        model = upgrade(model, opset)
+        changes.append(f"opset {was} → {opset}")
+    return model, changes
+
+
 def _inputs_for(model, batch: int = 2, shapes: dict | None = None) -> dict[str, np.ndarray] | None:
     """Seeded inputs for every graph input whose dims are known (free dim 0 → ``batch``; other free dims
     from ``shapes``, name → dims as --shape gave them); None if some dim is unknown."""
@@ -138,21 +155,19 @@ def _inputs_for(model, batch: int = 2, shapes: dict | None = None) -> dict[str, 
 
 def verify_same(original, changed, where: str, shapes: dict | None = None) -> str:
     """Run both in ONNX Runtime on seeded inputs; raise when the outputs differ beyond fp32 rounding."""
-    import onnxruntime as ort
+    from .backends.ort_runner import cpu_session
 
     feeds = _inputs_for(original, shapes=shapes)
     if feeds is None:
         return "not run: free dims other than the batch (give --shape and check it)"
 
     def run(model):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session.run(None, feeds)
+        return cpu_session(model, optimize=False).run(None, feeds)
 
     try:
         before, after = run(original), run(changed)
+    except BadInputError as err:
+        raise BadInputError(f"{where}: {err}") from None
     except Exception as err:  # onnxruntime's own exception types
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"{where}: ONNX Runtime cannot run it to check the normalization: {text[:200]}") from None
@@ -188,17 +203,7 @@ def normalize_onnx(path: str | Path, shapes: dict | None = None) -> Normalizatio
     model = onnx.load(str(path))
     original = onnx.ModelProto()
     original.CopyFrom(model)
-    changes = []
-    moved = constants_to_initializers(model)
-    if moved:
-        changes.append(f"{moved} Constant-node weights → initializers")
-    renamed = symbolic_dims(model)
-    if renamed:
-        changes.append(f"literal dims made symbolic: {', '.join(renamed)}")
-    opset = default_opset(model)
-    if opset < MIN_OPSET:
-        model = upgrade(model, MIN_OPSET)
-        changes.append(f"opset {opset} → {MIN_OPSET}")
+    model, changes = regularize(model, MIN_OPSET)
     if not changes:
         return Normalization(path, path)
     try:

@@ -448,12 +448,15 @@ def _require_opset(model: onnx.ModelProto, version: int) -> None:
                                 f"(re-export with --opset 17)")
 
 
-def with_outputs(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` that also outputs ``tensors`` (float32), for calibration runs."""
+def with_outputs(model: onnx.ModelProto, tensors: Iterable[str],
+                 types: Mapping[str, int] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs ``tensors``: typed as ``types`` says (element types, e.g. from
+    shape inference), else float32 (calibration runs)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     present = {o.name for o in out.graph.output}
     for name in tensors:
         if name not in present:
-            out.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            elem = (types or {}).get(name, TensorProto.FLOAT)
+            out.graph.output.append(helper.make_tensor_value_info(name, elem, None))
     return out

@@ -105,13 +105,17 @@ class OrtCudaRunner(OrtRunner):
         return once
 
 
-def cpu_session(model, threads: int | None = None, optimized_path: str | None = None):
-    """An ONNX Runtime CPU session on a model given as a ModelProto, bytes or a path (calibration and
-    scoring runs inside ``deploy quantize``, where the models live in memory). With ``optimized_path`` ORT
-    writes the graph it will actually run (after its fusions) there."""
-    ok, why = OrtRunner.available()
-    if not ok:
-        raise MissingDependencyError(f"ort-cpu unavailable: {why}")
+def cpu_session(model, threads: int | None = None, optimized_path: str | None = None,
+                provider: str = "CPUExecutionProvider", optimize: bool = True):
+    """An ONNX Runtime session on a model given as a ModelProto, bytes or a path (calibration and
+    scoring inside ``deploy quantize``, debug's tensor reads, where the models live in memory). With
+    ``optimized_path`` ORT writes the graph it will actually run (after its fusions) there; ``optimize``
+    False runs the graph as written (the noise floor of ORT's own optimizations). ``provider`` is the CPU
+    one unless a caller checked another's availability itself."""
+    if provider == "CPUExecutionProvider":
+        ok, why = OrtRunner.available()
+        if not ok:
+            raise MissingDependencyError(f"ort-cpu unavailable: {why}")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -120,10 +124,12 @@ def cpu_session(model, threads: int | None = None, optimized_path: str | None = 
         options.intra_op_num_threads = threads
     if optimized_path:
         options.optimized_model_filepath = str(optimized_path)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model) \
         if not isinstance(model, bytes) else model
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=[provider])
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"ONNX Runtime cannot load the model: {first}") from None
@@ -139,7 +145,7 @@ def run_function(session, outputs: list[str] | None = None):
     return run
 
 
-def optimized_op_counts(model, threads: int | None = 1) -> dict[str, int]:
+def optimized_op_counts(model, threads: int | None = 1, provider: str = "CPUExecutionProvider") -> dict[str, int]:
     """Op types of the graph ONNX Runtime CPU really runs, after its optimizations (e.g. QLinearConv)."""
     import tempfile
     from collections import Counter
@@ -149,6 +155,6 @@ def optimized_op_counts(model, threads: int | None = 1) -> dict[str, int]:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "optimized.onnx"
-        cpu_session(model, threads=threads, optimized_path=str(path))
+        cpu_session(model, threads=threads, optimized_path=str(path), provider=provider)
         optimized = onnx.load(str(path))
     return dict(Counter(node.op_type for node in optimized.graph.node))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -43,9 +42,9 @@ from .options import (
 
 
 def _db(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return "∞" if x == math.inf else ("-∞" if x == -math.inf else f"{x:.1f}")
+    from ..report import fmt_db
+
+    return "-" if x is None else fmt_db(x)
 
 
 def print_debug(report, top: int) -> None:
