@@ -314,3 +314,15 @@ def test_the_trt_runner_builds_onnx_files_with_the_shapes_the_user_gave(tiny_onn
     assert shapes["images"] == ShapeRange((1, 3, 64, 48), (16, 3, 64, 48), (16, 3, 64, 48))
     assert shapes["meta"] == ShapeRange((1, 4), (1, 4), (1, 4)) and "free" not in shapes
     assert TrtRunner(artifact)._profile_from_specs(2)["images"].max[0] == 8  # at least batch 8 in one engine
+
+
+def test_build_never_writes_onto_its_inputs(cli, tiny_onnx, tmp_path):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_onnx, model)
+    before = model.read_bytes()
+    for args in (("--dry-run", "--json", model), ("--dry-run", "--timing-cache", model)):
+        result = cli("build", model, *args)
+        assert result.exit_code == 2 and "never overwrites its inputs" in result.stderr
+    assert model.read_bytes() == before

@@ -99,9 +99,10 @@ def build(
                            profile=parse_profile(profile), timing_cache=timing_cache, workspace_mib=workspace,
                            opt_level=opt_level, tf32=tf32)
     inputs = [("MODEL", model), ("--ranges", ranges)]
-    guard(inputs, [] if dry_run else [("-o", output), ("--json", json_path)])
+    # the timing cache is read and rewritten: it may be neither the model nor the ranges table
+    guard(inputs, [("--json", json_path), ("--timing-cache", timing_cache)] if dry_run else
+          [("-o", output), ("--json", json_path), ("--timing-cache", timing_cache)])
     if dry_run:
-        guard([], [("--json", json_path)])
         installed = import_tensorrt()
         major = api or (tensorrt_major(installed) if installed is not None else 11)
         plan = plan_build(model, options, major, device_facts(),
