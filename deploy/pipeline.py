@@ -1,286 +1,324 @@
-"""The main job (`deploy demo`, `make demo`): export zoo models, prove them on real photos, report.
+"""`deploy pipeline`: one command from a model to the fastest proven artifact per backend.
 
-Each model is loaded with realistic numerics (seeded weights, BN statistics from the bundled photos),
-exported to ONNX (TorchScript exporter, opset 17, simplified, dynamic batch), and checked in ONNX
-Runtime against PyTorch on photo crops the BN statistics never saw.
+Export (certified equal to the original) → exact passes (certified equal) → candidates (fp16 where a backend
+computes in it, int8 per quantization target, pruned at each latency target, pruned+int8) → every candidate
+certified on held-out data against the fp32 export → all timed interleaved on each backend, ratios to the
+fp32 export measured in the same run → per backend the Pareto front and the fastest candidate within the
+budget → ``manifest.json`` (validated against ``deploy/schemas/manifest.schema.json``) and ``report.html``.
+
+Data: ``data`` tunes (calibration, BN statistics, distillation: its first ``samples``); the certificates use
+``eval_data``, or else the samples of ``data`` after those — never a sample that tuned a candidate.
 """
 
 from __future__ import annotations
 
-import platform
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compare import CompareReport
-from .export import ExportReport, export_onnx
-from .harness import check_artifacts
-from .report import fmt_bytes, write_json
-from .spec import load_artifact
+import numpy as np
 
-DEMO_MODELS = ("resnet18", "mobilenet_v2")
-DEMO_FUSE_MODEL = "repvgg_a0"
+from .candidates import (
+    FP16_BACKENDS,
+    QUANT_TARGETS,
+    BuildContext,
+    Candidate,
+    attempt,
+    build_fp32,
+    build_fused,
+    build_pruned,
+    build_quantized,
+    not_built,
+)
+from .certify import Budget, Certifier
+from .errors import BadInputError
+from .files import umask_mode
+from .pareto import Choice, Timing, choose
 
-
-@dataclass
-class FuseRow:
-    """A train-form model exported, then fused by the ONNX stage alone, both checked and timed."""
-
-    model: str
-    train_convs: int
-    fused_convs: int
-    train_params: int
-    fused_params: int
-    check: CompareReport
-    train_ms: float
-    fused_ms: float
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    fuse_seconds: float
-
-    def to_dict(self) -> dict:
-        return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in self.__dict__.items()}
-
-
-def run_fuse_demo(out_dir: Path, name: str = DEMO_FUSE_MODEL, samples: int = 16,
-                  progress: Callable[[str], None] | None = None) -> FuseRow:
-    from .bench import BenchConfig, run_bench
-    from .fuse import fuse_artifact
-    from .spec import load_onnx_artifact
-
-    say = progress or (lambda _msg: None)
-    say(f"{name}: exporting the train form")
-    original = load_artifact(name)
-    train_path, fused_path = out_dir / f"{name}.train.onnx", out_dir / f"{name}.fused.onnx"
-    export_onnx(original, train_path, progress=lambda msg: say(f"{name}: {msg}"))
-    say(f"{name}: fusing (ONNX stage alone)")
-    fused = fuse_artifact(load_onnx_artifact(train_path), fused_path, passes=["onnx_reparam"], verify=False)
-    say(f"{name}: checking the fused file against the PyTorch original")
-    check = check_artifacts(original, load_onnx_artifact(fused_path), samples=samples, data="photos")
-    say(f"{name}: benchmarking train form vs fused (ort-cpu, batch 1)")
-    bench = run_bench([(str(train_path), load_onnx_artifact(train_path)), (str(fused_path),
-                                                                            load_onnx_artifact(fused_path))],
-                      ["ort-cpu"], BenchConfig(batches=(1,), min_runs=30, min_time=3.0))
-    train, fast = bench.results
-    return FuseRow(name, fused.before.get("Conv", 0), fused.after.get("Conv", 0), fused.before["params"],
-                   fused.after["params"], check, train.stats.median * 1e3, fast.stats.median * 1e3,
-                   fast.ratio.ratio, fast.ratio.low, fast.ratio.high, fused.passes[0]["seconds"])
+PIPELINE_BACKENDS = tuple(QUANT_TARGETS)
 
 
 @dataclass
-class Int8Row:
-    """An fp32 ONNX file quantized by `deploy quantize` (auto, ort-cpu), scored and timed against itself."""
+class PipelineOptions:
+    backends: tuple[str, ...] = ("ort-cpu",)
+    max_drop: float | None = None
+    min_sqnr: float | None = None
+    data: str = "photos"
+    eval_data: str | None = None
+    samples: int = 128
+    eval_samples: int = 64
+    prune_latency: tuple[float, ...] = (0.7, 0.5)
+    distil: bool | None = None  # None: distil the pruned models when --data is the user's own
+    batch: int = 1
+    min_time: float = 2.0
+    threads: int | None = None
+    command: list[str] = field(default_factory=list)
 
-    model: str
-    fp32_path: str
-    int8_path: str
-    method: str
-    centred_sqnr_db: float
-    top1_agreement: float | None
-    integer_convs: int
-    convs: int
-    fp32_ms: float
-    int8_ms: float
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    quantize_seconds: float
-    chart: str | None = None
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def run_int8_demo(out_dir: Path, items: list[tuple[str, Path]], samples: int = 64, eval_samples: int = 32,
-                  progress: Callable[[str], None] | None = None) -> list[Int8Row]:
-    """Quantize each (label, fp32 .onnx) for ONNX Runtime CPU and time fp32 vs int8 side by side."""
-    from .bench import BenchConfig, run_bench
-    from .quantize import QuantizeOptions, quantize_artifact
-    from .spec import load_onnx_artifact
-
-    say = progress or (lambda _msg: None)
-    rows = []
-    for label, fp32_path in items:
-        int8_path = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
-        report = quantize_artifact(load_onnx_artifact(fp32_path), int8_path, QuantizeOptions(
-            samples=samples, eval_samples=eval_samples), progress=lambda msg, n=label: say(f"{n} int8: {msg}"))
-        say(f"{label}: benchmarking fp32 vs int8 (ort-cpu, batch 1)")
-        bench = run_bench([(f"{label} fp32", load_onnx_artifact(fp32_path)),
-                           (f"{label} int8", load_onnx_artifact(int8_path))],
-                          ["ort-cpu"], BenchConfig(batches=(1,), min_runs=30, min_time=2.0))
-        chart = None
-        try:
-            from .plot import plot_latency
-
-            chart = str(plot_latency(bench, out_dir / f"{fp32_path.stem}.int8-latency.png",
-                                     title=f"{label}: fp32 vs int8, ONNX Runtime CPU"))
-        except Exception:  # matplotlib missing or failing: the table still stands
-            chart = None
-        base, fast = bench.results
-        k = report.integer_kernels or {}
-        f = report.final
-        rows.append(Int8Row(label, str(fp32_path), str(int8_path), report.chosen, f.centred_sqnr_db,
-                            f.top1_agreement, k.get("QLinearConv", 0), k.get("QLinearConv", 0)
-                            + k.get("Conv (float)", 0), base.stats.median * 1e3, fast.stats.median * 1e3,
-                            fast.ratio.ratio, fast.ratio.low, fast.ratio.high, report.seconds["total"], chart))
-    return rows
+    @property
+    def budget(self) -> Budget:
+        return Budget.of(self.max_drop, self.min_sqnr)
 
 
 @dataclass
-class PruneRow:
-    """A zoo model pruned to half its MACs (`deploy prune --macs 0.5`), exported, timed against the original."""
+class HeldOut:
+    array: np.ndarray
+    labels: np.ndarray | None
+    source: str
+    offset: int
+    description: str
 
+
+@dataclass
+class PipelineReport:
     model: str
-    onnx: str
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    round_to: int
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    export_max_rel: float | None
-    passed: bool
+    folder: str
+    options: PipelineOptions
+    candidates: list[Candidate]
+    timings: dict[str, dict[str, Timing]]  # backend → candidate → timing
+    choices: dict[str, Choice]
+    held_out: HeldOut
+    tuning_samples: int
     seconds: float
+    notes: list[str] = field(default_factory=list)
+    manifest: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.chosen for c in self.choices.values())
+
+    def summary(self) -> str:
+        parts = []
+        for backend, c in self.choices.items():
+            if c.chosen is None:
+                parts.append(f"{backend}: nothing within the budget")
+                continue
+            t = self.timings[backend][c.chosen]
+            parts.append(f"{backend}: {c.chosen} {1 / t.ratio:.2f}× faster than fp32 "
+                         f"[{1 / t.high:.2f}–{1 / t.low:.2f}]")
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (f"{verdict} pipeline {self.model}: " + "; ".join(parts)
+                + f" — {self.folder}/report.html, {self.folder}/manifest.json")
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return self.manifest or {}
 
 
-def run_prune_demo(out_dir: Path, name: str, macs: float = 0.5, batch: int = 1,
-                   progress: Callable[[str], None] | None = None) -> PruneRow:
-    from .prune import PruneSettings, PruneTarget
-    from .prune_job import PruneJobOptions, prune_artifact
-
-    say = progress or (lambda _msg: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.pruned.onnx"
-    settings = PruneSettings(PruneTarget("macs", macs), round_to=None, backend="ort-cpu", batch=batch)
-    report = prune_artifact(load_artifact(name), path, PruneJobOptions(settings, samples=32),
-                            progress=lambda msg: say(f"{name} prune: {msg}"))
-    o = report.outcome
-    lat = o.latency
-    return PruneRow(name, str(path), o.macs_before, o.macs_after, o.params_before, o.params_after, o.round_to,
-                    lat.latency_ratio, lat.low, lat.high, report.export_max_rel,
-                    report.export_check.startswith("PASSED"), report.seconds)
+Progress = Callable[[int, int, str], None]
 
 
-def prune_markdown(row: PruneRow | None) -> list[str]:
-    if row is None:
-        return []
-    r = row
-    return [f"## Structured pruning: {r.model} (`deploy prune {r.model} --macs 0.5`)", "",
-            "| | MACs | params | ort-cpu batch 1 latency / original [95% CI] | ONNX vs pruned torch (max rel) |",
-            "|---|---:|---:|---|---:|",
-            f"| original | {r.macs_before / 1e6:,.0f} M | {r.params_before:,} | 1 | — |",
-            f"| pruned (multiples of {r.round_to}) | {r.macs_after / 1e6:,.0f} M | {r.params_after:,} | "
-            f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] — {1 / r.ratio:.2f}× faster | "
-            f"{r.export_max_rel:.2e} ({'PASSED' if r.passed else 'FAILED'}) |", "",
-            "Random weights: the accuracy of pruning is shown on trained nets (`tests/test_prune_cli.py`, digits).", ""]
+def _held_out(options: PipelineOptions, shape, input_name: str, say) -> tuple[HeldOut, int]:
+    """The certificates' samples (and how many tuning samples precede them in one source)."""
+    from .calib.data import DataSourceError, count_samples, load_samples, split_counts
+
+    samples = options.samples
+    source = options.eval_data or options.data
+    same = options.eval_data is None or options.eval_data == options.data
+    offset = 0
+    eval_n = options.eval_samples
+    if same:
+        total = count_samples(options.data, input_name)
+        split = split_counts(total, samples, eval_n, minimum=8) if total else None
+        if split is not None:
+            samples, eval_n = split
+            say(f"{options.data} holds {total} samples: {samples} tune, {eval_n} certify (a quarter)")
+        offset = samples
+    try:
+        held = load_samples(source, shape, n=eval_n, offset=offset, input_name=input_name)
+    except DataSourceError as err:
+        raise BadInputError(f"{source}: no held-out data after the {offset} tuning samples ({err}); lower "
+                            f"--samples or give held-out data with --eval") from None
+    if len(held.array) < 8:
+        raise BadInputError(f"{source}: {len(held.array)} held-out samples after the {offset} tuning ones; "
+                            f"certificates need at least 8 (lower --samples or give --eval)")
+    return HeldOut(held.array, held.labels, source, offset, held.description), samples
 
 
-@dataclass
-class DemoRow:
-    model: str
-    export: ExportReport
-    check: CompareReport
-    load_seconds: float
-
-    def to_dict(self) -> dict:
-        return {"model": self.model, "load_seconds": round(self.load_seconds, 3), "export": self.export.to_dict(),
-                "check": self.check.to_dict()}
-
-
-def run_demo(out_dir: Path, models: tuple[str, ...] = DEMO_MODELS, samples: int = 16,
-             progress: Callable[[str], None] | None = None) -> list[DemoRow]:
-    say = progress or (lambda _msg: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in models:
-        say(f"{name}: loading")
-        start = time.perf_counter()
-        artifact = load_artifact(name)
-        load_seconds = time.perf_counter() - start
-        onnx_path = out_dir / f"{name}.onnx"
-        export = export_onnx(artifact, onnx_path, progress=lambda msg, n=name: say(f"{n}: {msg}"))
-        say(f"{name}: checking on {samples} photo crops")
-        from .spec import load_onnx_artifact
-
-        check = check_artifacts(artifact, load_onnx_artifact(onnx_path), samples=samples, data="photos")
-        rows.append(DemoRow(name, export, check, load_seconds))
-    return rows
+def _validate(options: PipelineOptions) -> None:
+    for b in options.backends:
+        if b not in PIPELINE_BACKENDS:
+            raise BadInputError(f"--backend {b}: the pipeline's candidates are ONNX files; choose from "
+                                f"{', '.join(PIPELINE_BACKENDS)}")
+    for t in options.prune_latency:
+        if not 0 < t < 1:
+            raise BadInputError(f"--prune-latency {t:g}: give fractions of the fp32 latency between 0 and 1, "
+                                f"e.g. 0.7,0.5 (or none)")
+    if options.samples < 16:
+        raise BadInputError(f"--samples {options.samples}: give at least 16 tuning samples")
+    if options.eval_samples < 8:
+        raise BadInputError(f"--eval-samples {options.eval_samples}: certificates need at least 8")
+    if options.batch < 1:
+        raise BadInputError(f"--batch {options.batch}: must be at least 1")
 
 
-def int8_markdown(rows: list[Int8Row]) -> list[str]:
-    if not rows:
-        return []
-    lines = ["## Int8 (`deploy quantize --method auto --target ort-cpu`)", "",
-             "Scored against the fp32 file on held-out photo crops (not seen in calibration); latency is ONNX "
-             "Runtime CPU at batch 1, fp32 and int8 interleaved in one run.", "",
-             "| model | method | centred SQNR dB | top-1 agree | integer convs | fp32 ms | int8 ms | int8 / fp32 "
-             "[95% CI] | speed-up |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    for r in rows:
-        agree = "—" if r.top1_agreement is None else f"{r.top1_agreement:.1f} %"
-        lines.append(f"| {r.model} | {r.method} | {r.centred_sqnr_db:.1f} | {agree} | {r.integer_convs}/{r.convs} | "
-                     f"{r.fp32_ms:.2f} | {r.int8_ms:.2f} | {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] | "
-                     f"{1 / r.ratio:.2f}× |")
-    lines.append("")
-    for r in rows:
-        if r.chart:
-            lines += [f"![{r.model} latency]({Path(r.chart).name})", ""]
-    return lines
+def check_backends(backends: tuple[str, ...]) -> None:
+    from .backends.registry import get_runner_class
+    from .errors import MissingDependencyError
+
+    for name in backends:
+        ok, why = get_runner_class(name).available()
+        if not ok:
+            raise MissingDependencyError(f"backend {name} unavailable here: {why}")
 
 
-def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_rows: list[Int8Row] | None = None,
-                  accuracy_rows: list | None = None, prune_row: PruneRow | None = None) -> str:
-    from .accuracy import accuracy_markdown
+def time_candidates(backend: str, files: list[tuple[str, Path]], batch: int, min_time: float,
+                    threads: int | None, tick: Callable[[str], None] | None = None) -> dict[str, Timing]:
+    """All files on one backend, interleaved in one run; ratios to the first (the fp32 export)."""
+    from .bench import BenchConfig, run_bench
+    from .spec import load_onnx_artifact
 
-    lines = [
-        "# deploy demo",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}.",
-        "Models: seeded random weights with BN statistics from the bundled photos; checks on other photo crops.",
-        "",
-        "| model | params (ONNX) | nodes | file | export s | max rel err | cosine | top-1 agree | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        w = r.check.worst()
-        lines.append(f"| {r.model} | {r.export.parameters:,} | {r.export.nodes} | {fmt_bytes(r.export.file_bytes)} | "
-                     f"{r.export.export_seconds:.2f} | {w.max_rel:.2e} | {w.cosine:.6f} | "
-                     f"{'-' if w.top1 is None else f'{w.top1:.3f}'} | {'PASSED' if r.check.passed else 'FAILED'} |")
-    lines += ["", "Each row: `deploy export MODEL -o MODEL.onnx`, then `deploy check MODEL MODEL.onnx --data photos`.",
-              ""]
-    if fuse_row is not None:
-        f = fuse_row
-        w = f.check.worst()
-        lines += [
-            f"## Structural reparameterization: {f.model}", "",
-            "| artifact | Conv nodes | params | max rel err vs PyTorch | ort-cpu batch 1 median ms |",
-            "|---|---:|---:|---:|---:|",
-            f"| train-form export | {f.train_convs} | {f.train_params:,} | — | {f.train_ms:.2f} |",
-            f"| fused (onnx_reparam, {f.fuse_seconds:.1f} s) | {f.fused_convs} | {f.fused_params:,} | "
-            f"{w.max_rel:.2e} ({'PASSED' if f.check.passed else 'FAILED'}) | {f.fused_ms:.2f} |",
-            "", f"Fused / train latency: {f.ratio:.3f} [{f.ratio_low:.3f}, {f.ratio_high:.3f}] (95% CI, interleaved "
-            f"rounds) — {1 / f.ratio:.2f}× faster.", ""]
-    lines += int8_markdown(int8_rows or [])
-    lines += prune_markdown(prune_row)
-    lines += accuracy_markdown(accuracy_rows or [])
-    return "\n".join(lines)
+    specs = [(name, load_onnx_artifact(path)) for name, path in files]
+    config = BenchConfig(batches=(batch,), threads=threads, min_runs=20, min_time=min_time, memory="off")
+    report = run_bench(specs, [backend], config, tick)
+    out = {}
+    for r in report.results:
+        ratio = r.ratio
+        out[r.artifact] = Timing(r.stats.median * 1e3, r.stats.p90 * 1e3, 1.0 if ratio is None else ratio.ratio,
+                                 1.0 if ratio is None else ratio.low, 1.0 if ratio is None else ratio.high,
+                                 r.stats.n)
+    return out
 
 
-def write_demo_report(rows: list[DemoRow], out_dir: Path, fuse_row: FuseRow | None = None,
-                      int8_rows: list[Int8Row] | None = None, accuracy_rows: list | None = None,
-                      prune_row: PruneRow | None = None) -> tuple[Path, Path]:
-    md = out_dir / "demo.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(demo_markdown(rows, fuse_row, int8_rows, accuracy_rows, prune_row))
-    tmp.replace(md)
-    data = {"exports": [r.to_dict() for r in rows], "fuse": fuse_row.to_dict() if fuse_row else None,
-            "int8": [r.to_dict() for r in int8_rows or []],
-            "digits_accuracy": [r.to_dict() for r in accuracy_rows or []],
-            "prune": prune_row.to_dict() if prune_row else None}
-    return md, write_json(out_dir / "demo.json", data)
+def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progress: Progress | None = None,
+                 say: Callable[[str], None] | None = None) -> PipelineReport:
+    """Build, certify, time and choose; write everything into ``folder`` (built in a temporary sibling
+    and moved into place at the end, so an interrupted run leaves no half folder)."""
+    from .manifest import build_manifest, write_manifest
+    from .report_html import write_html
+
+    _validate(options)
+    check_backends(options.backends)
+    folder = Path(folder)
+    _check_folder(folder)
+    tell = say or (lambda _msg: None)
+    start = time.perf_counter()
+    torch_model = artifact.kind == "torch"
+    targets = list(dict.fromkeys(QUANT_TARGETS[b] for b in options.backends))
+    fp16_backends = [b for b in options.backends if b in FP16_BACKENDS]
+    prune_targets = options.prune_latency if torch_model else ()
+    steps = 2 + (1 if fp16_backends else 0) + len(targets) * (1 + len(prune_targets)) + len(prune_targets) \
+        + 1 + len(options.backends)
+    done = 0
+    current = ["starting"]
+
+    def step(text: str) -> None:
+        nonlocal done
+        current[0] = text
+        (progress or (lambda *_: None))(done, steps, text)
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        (progress or (lambda *_: None))(done, steps, current[0])
+
+    def detail(msg: str) -> None:
+        (progress or (lambda *_: None))(done, steps, f"{current[0]}: {msg}")
+
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    mode = umask_mode()
+    os.chmod(work, mode | ((mode & 0o444) >> 2))  # a folder as mkdir makes one: x wherever r
+    try:
+        input_name = artifact.inputs[0].name
+        held, tuning = _held_out(options, artifact.input_shape, input_name, tell)
+        labels = held.labels is not None
+        distil = options.distil if options.distil is not None else options.data != "photos"
+        ctx = BuildContext(work, artifact, options.data, tuning, options.budget, labels, options.threads, distil,
+                           options.batch, detail)
+        notes: list[str] = []
+        step("fp32: export, certified equal to the original")
+        fp32 = build_fp32(ctx)
+        advance()
+        step("fused: exact passes, certified equal")
+        fused = attempt(lambda: build_fused(ctx), "fused", "fp32", "fp32")
+        advance()
+        base = fused if fused.built else fp32
+        candidates = [fp32, fused]
+        if fp16_backends:
+            step("fp16")
+            candidates.append(attempt(lambda: build_quantized(ctx, base, "fp16", "ort-cpu", "fp16"),
+                                      "fp16", "fp16", base.name))
+            advance()
+        else:
+            candidates.append(not_built("fp16", "fp16", base.name, "ONNX Runtime's CPU provider computes float16 "
+                                        "Conv/Gemm in float32 (not faster); built for ort-cuda and trt"))
+        for target in targets:
+            name = "int8" if len(targets) == 1 else f"int8-{target}"
+            step(f"{name}: calibration tournament and fallback for {target}")
+            candidates.append(attempt(lambda t=target, n=name: build_quantized(ctx, base, "int8", t, n),
+                                      name, "int8", base.name))
+            advance()
+        if not torch_model:
+            notes.append("pruned candidates need the PyTorch model (an ONNX file was given): none built")
+        prune_backend = options.backends[0]
+        for t in prune_targets:
+            name = f"pruned-{t:g}"
+            step(f"{name}: latency-targeted pruning on {prune_backend}")
+            pruned = attempt(lambda t=t: build_pruned(ctx, t, prune_backend), name, "fp32", "fp32")
+            candidates.append(pruned)
+            advance()
+            for target in targets:
+                qname = f"{name}+int8" if len(targets) == 1 else f"{name}+int8-{target}"
+                step(f"{qname}: int8 of the pruned model for {target}")
+                if pruned.built:
+                    candidates.append(attempt(lambda t=target, q=qname, p=pruned: build_quantized(ctx, p, "int8", t, q),
+                                              qname, "int8", name))
+                else:
+                    candidates.append(not_built(qname, "int8", name, f"{name} was not built"))
+                advance()
+        for c in candidates:
+            if c.built:
+                c.backends = [b for b in options.backends
+                              if c.precision != "int8" or c.details.get("target") == QUANT_TARGETS[b]]
+        step(f"certificates: {sum(c.built for c in candidates)} candidates on {len(held.array)} held-out samples")
+        certifier = Certifier(work / fp32.file, held.array, held.labels, options.threads)
+        for c in candidates:
+            if c.built:
+                detail(c.name)
+                c.certificate = certifier.certify(work / c.file)
+                c.misses = options.budget.misses(c.certificate)
+        advance()
+        timings: dict[str, dict[str, Timing]] = {}
+        choices: dict[str, Choice] = {}
+        for backend in options.backends:
+            files = [(c.name, work / c.file) for c in candidates if c.built and backend in c.backends]
+            step(f"timing {len(files)} candidates interleaved on {backend}, batch {options.batch}")
+            timings[backend] = time_candidates(backend, files, options.batch, options.min_time, options.threads,
+                                               detail)
+            choices[backend] = choose(backend, candidates, timings[backend])
+            advance()
+        for c in candidates:  # the words name the files where they will be, not the work folder
+            c.changes = [x.replace(str(work), str(folder)) for x in c.changes]
+            c.why_not = c.why_not.replace(str(work), str(folder)) if c.why_not else None
+        report = PipelineReport(artifact.label, str(folder), options, candidates, timings, choices, held, tuning,
+                                time.perf_counter() - start, notes)
+        report.manifest = build_manifest(report, artifact)
+        write_manifest(report.manifest, work / "manifest.json")
+        write_html(report, work / "report.html")
+        _move_into_place(work, folder)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_folder(folder: Path) -> None:
+    """-o DIR: new, empty, or an earlier pipeline's (replaced whole); never a folder of other files."""
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"-o {folder}: a file is there; give a folder for the pipeline's artifacts")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "manifest.json").is_file():
+        raise BadInputError(f"-o {folder}: the folder holds other files and no manifest.json of an earlier "
+                            f"pipeline; give a new or empty folder")
+    if not folder.parent.exists():
+        raise BadInputError(f"-o {folder}: its parent folder {folder.parent} does not exist")
+
+
+def _move_into_place(work: Path, folder: Path) -> None:
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{time.time_ns()}")
+        folder.rename(old)
+    work.rename(folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

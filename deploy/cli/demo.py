@@ -34,8 +34,8 @@ def demo(
     then resnet18 pruned to half its MACs (deploy prune), verified and timed against the original;
     then the digits nets: int8 accuracy on real labelled data (`deploy digits`)."""
     from ..accuracy import run_digits_accuracy
+    from ..demo_job import run_demo, run_fuse_demo, run_int8_demo, run_prune_demo, write_demo_report
     from ..models import UnknownModelError, get_model_entry
-    from ..pipeline import run_demo, run_fuse_demo, run_int8_demo, run_prune_demo, write_demo_report
     from ..report import fmt_bytes
 
     samples = renamed(samples, old_inputs, "--inputs", default=16)

@@ -1,0 +1,88 @@
+"""Per backend: the Pareto front of latency against quality, and the fastest candidate within the budget.
+
+A point is (median latency, quality), quality being what the certificate reads first (accuracy with labels,
+else top-1 agreement, else centred SQNR). A candidate is on the front when no other is at least as fast and
+at least as good, and strictly better in one. The choice is the fastest within budget by median; when its
+ratio interval to the baseline overlaps a runner-up's, the report says the two are tied within the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .candidates import Candidate
+
+
+@dataclass
+class Timing:
+    """One candidate on one backend, from the interleaved run (ratio: to the fp32 export, same run)."""
+
+    median_ms: float
+    p90_ms: float
+    ratio: float
+    low: float
+    high: float
+    runs: int
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 5) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Choice:
+    backend: str
+    chosen: str | None
+    why: str
+    front: list[str] = field(default_factory=list)
+    losers: dict[str, str] = field(default_factory=dict)  # candidate → why it lost
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "chosen": self.chosen, "why": self.why, "pareto_front": self.front,
+                "why_not": self.losers}
+
+
+def quality(candidate: Candidate) -> float:
+    if candidate.certificate is None:
+        return -math.inf
+    value = candidate.certificate.metric()[1]
+    return value if math.isfinite(value) else 1e9
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names of the non-dominated points; each point is (latency, quality): lower latency, higher quality."""
+    front = []
+    for name, (lat, q) in points.items():
+        dominated = any(o_lat <= lat and o_q >= q and (o_lat < lat or o_q > q)
+                        for other, (o_lat, o_q) in points.items() if other != name)
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][0])
+
+
+def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]) -> Choice:
+    timed = [c for c in candidates if c.name in timings]
+    points = {c.name: (timings[c.name].median_ms, quality(c)) for c in timed}
+    front = pareto_front(points)
+    within = sorted((c for c in timed if c.within_budget), key=lambda c: timings[c.name].median_ms)
+    losers: dict[str, str] = {}
+    for c in candidates:
+        if not c.built:
+            losers[c.name] = f"not built: {c.why_not}"
+        elif c.name not in timings:
+            losers[c.name] = f"not timed on {backend}"
+        elif not c.within_budget:
+            losers[c.name] = "over budget: " + "; ".join(c.misses)
+    if not within:
+        return Choice(backend, None, "no candidate is within the budget", front, losers)
+    best = within[0]
+    t = timings[best.name]
+    speed = 1 / t.ratio if t.ratio > 0 else math.inf
+    why = (f"fastest within the budget: {t.median_ms:.3f} ms, {speed:.2f}× the fp32 export "
+           f"[ratio {t.ratio:.3f}, 95 % CI {t.low:.3f}–{t.high:.3f}]")
+    for c in within[1:]:
+        o = timings[c.name]
+        tied = o.low <= t.high
+        losers[c.name] = (f"slower: {o.median_ms:.3f} ms vs {t.median_ms:.3f} ms"
+                          + (" (tied within the 95 % intervals; chosen by median)" if tied else ""))
+    return Choice(backend, best.name, why, front, losers)
