@@ -8,7 +8,7 @@ Exit codes: 0 ok · 1 a check failed · 2 bad input or usage · 3 a needed depen
 
 from __future__ import annotations
 
-from . import bench, build, check, debug, demo, export, fuse, info, pipeline, prune, quantize  # noqa: F401  registering the verbs
+from . import bench, build, check, debug, demo, export, fuse, info, pipeline, prune, quantize, sweep  # noqa: F401  registering the verbs
 from .app import app
 
 __all__ = ["app", "main"]
