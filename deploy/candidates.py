@@ -145,7 +145,7 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
     start = time.perf_counter()
     c = Candidate(name, precision, source.name)
     path = ctx.folder / f"{name}.onnx"
-    held = max(8, ctx.samples // 4)
+    held = max(8, ctx.samples // 2)  # ranges settle on few samples; the fallback's verdict needs many
     options = QuantizeOptions(precision=precision, target=target, calib=ctx.data, samples=ctx.samples - held,
                               eval_samples=held, counts_given=True, max_drop=ctx.budget.max_drop,
                               min_sqnr=ctx.budget.min_sqnr, keep_failed=True, allow_poor=True, measure=False,

@@ -61,8 +61,8 @@ def pipeline(
     data: Data = "photos",
     eval_data: Annotated[str | None, typer.Option("--eval", help="Held-out data for the certificates (default: "
                          "the samples of --data after the tuning ones).")] = None,
-    samples: Samples = 128,
-    eval_samples: Annotated[int, typer.Option(help="Held-out samples each candidate is certified on.")] = 64,
+    samples: Samples = 256,
+    eval_samples: Annotated[int, typer.Option(help="Held-out samples each candidate is certified on.")] = 100,
     prune_latency: Annotated[str, typer.Option(help="Pruned candidates: fractions of the fp32 latency to reach "
                              "(measured on the first backend), or none.")] = "0.7,0.5",
     distil: Annotated[bool | None, typer.Option("--distil/--no-distil", help="Distil pruned models from the "
@@ -101,14 +101,15 @@ def pipeline(
                               eval_data=eval_data, samples=samples, eval_samples=eval_samples,
                               prune_latency=_fractions(prune_latency), distil=distil, batch=timing_batch,
                               min_time=min_time, threads=threads, command=["deploy", *sys.argv[1:]])
-    from ..pipeline import _validate, check_backends
+    from ..pipeline import _check_folder, _validate, check_backends
 
     _validate(options)
     check_backends(options.backends)
+    _check_folder(output)
     preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
     guard(spec_inputs("model", model) + [("weights", weights), ("data", data_file(data)),
                                          ("eval", data_file(eval_data))],
-          [("-o", output), ("--json", json_path)])
+          [("-o", output / "manifest.json" if output.is_dir() else output), ("--json", json_path)])
     artifact = load(model, weights, shape)
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
