@@ -189,3 +189,19 @@ def test_pipeline_on_an_onnx_file_with_labelled_digits(cli, trained, tmp_path):
     assert any("PyTorch model" in n for n in m["notes"])
     chosen = by[m["choices"]["ort-cpu"]["chosen"]]
     assert chosen["within_budget"] and chosen["certificate"]["drop"] <= 1.0
+
+
+def test_an_earlier_pipeline_folder_is_replaced_whole(tmp_path):
+    from deploy.pipeline import _check_folder, _move_into_place
+
+    old = tmp_path / "out"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    (old / "stale.onnx").write_text("x")
+    _check_folder(old)  # an earlier pipeline's folder is accepted
+    work = tmp_path / ".out.work"
+    work.mkdir()
+    (work / "manifest.json").write_text('{"new": true}')
+    _move_into_place(work, old)
+    assert sorted(p.name for p in old.iterdir()) == ["manifest.json"] and "new" in (old / "manifest.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

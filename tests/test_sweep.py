@@ -149,3 +149,18 @@ def test_a_cell_no_node_can_run_is_refused_before_any_starts(cli, tmp_path):
     assert "tiny-resnet · export · trt: no node of the Ray cluster (local) offers" in result.stderr
     assert "TensorRT=1" in result.stderr
     assert not list((tmp_path / "sweep-results").glob("cells/*/cell.json"))
+
+
+def test_a_crashing_cell_is_retried_then_failed_and_the_others_kept(cli, tmp_path):
+    """bench on ort-cuda exits 3 here (no CUDA): retried `retries` times, recorded failed; export passes."""
+    text = ("retries = 1\n[matrix]\nmodels = ['tiny-resnet']\nverbs = ['export', 'bench']\n"
+            "backends = ['ort-cuda']\n[resources.ort-cuda]\ncpus = 1\ngpus = 0\n")
+    path = _write(tmp_path, text=text)
+    result = cli("sweep", path, "--ray", "off", "--json", tmp_path / "s.json")
+    assert result.exit_code == 1 and "FAILED sweep" in result.output
+    cells = {c["verb"]: c for c in json.loads((tmp_path / "s.json").read_text())["cells"]}
+    assert cells["bench"]["status"] == "failed" and cells["bench"]["attempts"] == 2 and cells["bench"]["rc"] == 3
+    assert "exit 3 on every one of 2 attempts" in cells["bench"]["error"]
+    assert cells["export"]["status"] == "passed" and cells["export"]["attempts"] == 1
+    assert cli("sweep", path, "--ray", "off", "--json", tmp_path / "s2.json").exit_code == 1
+    assert json.loads((tmp_path / "s2.json").read_text())["ran"] == 1  # the failed cell only, never the passed
