@@ -8,6 +8,7 @@ pruned+int8. A candidate that cannot be built is kept with the reason, so the re
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -67,6 +68,7 @@ class BuildContext:
     distil: bool
     bench_batch: int
     say: Callable[[str], None]
+    tuning_file: Path | None = None  # the tuning samples as .npy (preprocessed, no labels), for pruning
 
 
 def finish(candidate: Candidate, ctx: BuildContext, path: Path, start: float,
@@ -88,7 +90,14 @@ def build_fp32(ctx: BuildContext) -> Candidate:
 
     start = time.perf_counter()
     path = ctx.folder / "fp32.onnx"
-    report = export_onnx(ctx.artifact, path, threads=ctx.threads, progress=ctx.say)
+    opset = 17
+    if ctx.artifact.kind == "onnx":  # a user's file keeps its opset (17 or newer): deploy never downgrades
+        import onnx
+
+        from .normalize import default_opset
+
+        opset = max(17, default_opset(onnx.load(str(ctx.artifact.onnx_path), load_external_data=False)))
+    report = export_onnx(ctx.artifact, path, opset=opset, threads=ctx.threads, progress=ctx.say)
     c = Candidate("fp32", "fp32", None)
     ops = getattr(report, "nodes_by_op", None)
     if ops is not None:
@@ -153,9 +162,9 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
     report = quantize_artifact(load_onnx_artifact(ctx.folder / source.file), path, options,
                                progress=lambda msg, **_kw: ctx.say(msg))
     unmet = None
-    if not report.written:  # no fallback met the budget on the tuning data: the plain int8, for the chart
+    if not report.written:  # no fallback met the budget on the tuning data: the plain one, for the chart
         unmet = (f"the fallback missed the budget on the tuning data even with {len(report.kept_float)} layer(s) "
-                 f"in float; this is the tournament's int8 with no budget, so the chart shows what int8 costs")
+                 f"in float; this is the {precision} with no budget, so the chart shows what {precision} costs")
         report = quantize_artifact(load_onnx_artifact(ctx.folder / source.file), path,
                                    replace(options, max_drop=None, min_sqnr=None),
                                    progress=lambda msg, **_kw: ctx.say(msg))
@@ -169,7 +178,7 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
             c.changes.append("ONNX Runtime runs: " + ", ".join(f"{v} {op}" for op, v in k.items()
                                                                  if isinstance(v, int) and v))
         c.details = {"method": report.chosen, "kept_float": report.kept_float, "target": target,
-                     "budget_met_on_tuning_data": report.budget_met}
+                     "budget_met_on_tuning_data": False if unmet else report.budget_met}
         extras = (Path(report.table_path).name,) if report.table_path else ()
     else:
         extras = ()
@@ -191,8 +200,11 @@ def build_pruned(ctx: BuildContext, target: float, backend: str) -> Candidate:
     path = ctx.folder / f"{name}.onnx"
     settings = PruneSettings(PruneTarget("latency", target), round_to=None, backend=backend, batch=ctx.bench_batch,
                              threads=ctx.threads)
-    options = PruneJobOptions(settings, data=ctx.data, samples=ctx.samples,
-                              finetune=ctx.data if ctx.distil else None)
+    # the tuning samples alone, as an array file: pruning reads nothing the certificates judge (its own BN
+    # check scores the last quarter of them; distillation reads all of them, and no labels)
+    calibrate = max(8, ctx.samples * 3 // 4)
+    options = PruneJobOptions(settings, data=str(ctx.tuning_file), samples=calibrate,
+                              finetune=str(ctx.tuning_file) if ctx.distil else None)
     report = prune_artifact(ctx.artifact, path, options, progress=ctx.say)
     o = report.outcome
     c.changes.append(f"pruned to {target:.0%} of the latency on {backend}: {o.macs_kept:.1%} of the MACs, "
@@ -211,8 +223,15 @@ def not_built(name: str, precision: str, parent: str | None, why: str) -> Candid
 
 
 def attempt(build: Callable[[], Candidate], name: str, precision: str, parent: str | None) -> Candidate:
-    """Run a builder; a refusal or failed check becomes a not-built candidate with its one-line reason."""
+    """Run a builder; a refusal, a failed check or a crash of one candidate becomes a not-built candidate
+    with its one-line reason, and the other candidates go on."""
     try:
         return build()
     except DeployError as error:
-        return not_built(name, precision, parent, str(error).strip().splitlines()[0][:300])
+        return not_built(name, precision, parent, (str(error).strip().splitlines() or [type(error).__name__])[0][:300])
+    except Exception as error:  # a bug or a library failure in one candidate: said, not fatal to the others
+        if os.environ.get("DEPLOY_DEBUG"):
+            raise
+        text = (str(error).strip().splitlines() or [""])[0][:240]
+        return not_built(name, precision, parent, f"internal error {type(error).__name__}: {text} (a bug in deploy; "
+                                                  f"DEPLOY_DEBUG=1 shows the traceback)")

@@ -121,7 +121,19 @@ def build_manifest(report, artifact) -> dict:
     }
 
 
+def finite(value):
+    """The manifest's JSON has no NaN or ∞: a non-finite float is null (an exact match's SQNR, say)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def write_manifest(manifest: dict, path: str | os.PathLike) -> Path:
+    manifest.update(finite(manifest))
     validate(manifest, str(path))
     return write_text_atomic(path, json.dumps(manifest, indent=2, allow_nan=False) + "\n")
 

@@ -113,10 +113,11 @@ Progress = Callable[[int, int, str], None]
 def _held_out(options: PipelineOptions, shape, input_name: str, say) -> tuple[HeldOut, int]:
     """The certificates' samples (and how many tuning samples precede them in one source)."""
     from .calib.data import DataSourceError, count_samples, load_samples, split_counts
+    from .quantize import _same_source
 
     samples = options.samples
     source = options.eval_data or options.data
-    same = options.eval_data is None or options.eval_data == options.data
+    same = options.eval_data is None or _same_source(options.eval_data, options.data)
     offset = 0
     eval_n = options.eval_samples
     if same:
@@ -124,6 +125,9 @@ def _held_out(options: PipelineOptions, shape, input_name: str, say) -> tuple[He
         split = split_counts(total, samples, eval_n, minimum=8) if total else None
         if split is not None:
             samples, eval_n = split
+            if samples < 16:
+                raise BadInputError(f"--data {options.data}: {total} samples; the pipeline needs at least 16 to tune "
+                                    f"and 8 to certify on (or give held-out data with --eval)")
             say(f"{options.data} holds {total} samples: {samples} tune, {eval_n} certify (a quarter)")
         offset = samples
     try:
@@ -138,6 +142,12 @@ def _held_out(options: PipelineOptions, shape, input_name: str, say) -> tuple[He
 
 
 def _validate(options: PipelineOptions) -> None:
+    if not options.backends:
+        raise BadInputError(f"--backend: give one or more of {', '.join(PIPELINE_BACKENDS)}")
+    if len(set(options.prune_latency)) != len(options.prune_latency):
+        raise BadInputError("--prune-latency: each target once, e.g. 0.7,0.5")
+    if not 0 < options.min_time <= 60:
+        raise BadInputError(f"--min-time {options.min_time:g}: give seconds between 0 and 60")
     for b in options.backends:
         if b not in PIPELINE_BACKENDS:
             raise BadInputError(f"--backend {b}: the pipeline's candidates are ONNX files; choose from "
@@ -217,7 +227,11 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
     def detail(msg: str) -> None:
         (progress or (lambda *_: None))(done, steps, f"{current[0]}: {msg}")
 
+    if len(artifact.inputs) != 1:
+        raise BadInputError(f"{artifact.label}: the pipeline certifies models with one input; this one has "
+                            f"{len(artifact.inputs)} ({', '.join(i.name for i in artifact.inputs)})")
     work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".deploy-pipeline-"))
     mode = umask_mode()
     os.chmod(work, mode | ((mode & 0o444) >> 2))  # a folder as mkdir makes one: x wherever r
     try:
@@ -227,6 +241,8 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         distil = options.distil if options.distil is not None else options.data != "photos"
         ctx = BuildContext(work, artifact, options.data, tuning, options.budget, labels, options.threads, distil,
                            options.batch, detail)
+        if torch_model and prune_targets:
+            ctx.tuning_file = _tuning_file(options.data, tuning, artifact, scratch)
         notes: list[str] = []
         step("fp32: export, certified equal to the original")
         fp32 = build_fp32(ctx)
@@ -252,6 +268,9 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
             advance()
         if not torch_model:
             notes.append("pruned candidates need the PyTorch model (an ONNX file was given): none built")
+            for t in options.prune_latency:
+                candidates.append(not_built(f"pruned-{t:g}", "fp32", "fp32", "pruning needs the PyTorch model; "
+                                            "an ONNX file was given (give the zoo name or file.py:factory)"))
         prune_backend = options.backends[0]
         for t in prune_targets:
             name = f"pruned-{t:g}"
@@ -271,7 +290,8 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         for c in candidates:
             if c.built:
                 c.backends = [b for b in options.backends
-                              if c.precision != "int8" or c.details.get("target") == QUANT_TARGETS[b]]
+                              if (c.precision != "int8" or c.details.get("target") == QUANT_TARGETS[b])
+                              and (c.precision != "fp16" or b in FP16_BACKENDS)]
         step(f"certificates: {sum(c.built for c in candidates)} candidates on {len(held.array)} held-out samples")
         certifier = Certifier(work / fp32.file, held.array, held.labels, options.threads)
         for c in candidates:
@@ -301,6 +321,20 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _tuning_file(data: str, tuning: int, artifact, scratch: Path) -> Path:
+    """The first ``tuning`` samples of ``data``, preprocessed, as one .npy without labels: what pruning may read."""
+    from .calib.data import DataSourceError, load_samples
+
+    try:
+        samples = load_samples(data, artifact.input_shape, n=tuning, input_name=artifact.inputs[0].name)
+    except DataSourceError as err:
+        raise BadInputError(str(err)) from None
+    path = scratch / "tuning.npy"
+    np.save(path, samples.array)
+    return path
 
 
 def _check_folder(folder: Path) -> None:

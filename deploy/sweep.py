@@ -107,20 +107,34 @@ class Sweep:
     cells: list[Cell]
 
 
-def _line_of(text: str, needle: str, after: str | None = None) -> int:
-    """1-based line of the first ``needle`` (quoted value or key) in ``text``, after the line of ``after``."""
+def _section(lines: list[str], table: str | None) -> tuple[int, int] | None:
+    """Line range (0-based, end exclusive) of ``[table]`` (None: the top level, before any table)."""
+    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[", line)]
+    if table is None:
+        return 0, headers[0] if headers else len(lines)
+    for i in headers:
+        if re.match(rf"\s*\[+\s*{re.escape(table)}\s*\]", lines[i]):
+            return i, next((j for j in headers if j > i), len(lines))
+    return None
+
+
+def _line_of(text: str, needle: str, table: str | None = None, key: bool = False) -> int:
+    """1-based line of ``needle`` in ``text`` within ``[table]`` (None: the top level): as a key
+    (``needle =``, or a ``[needle]`` header) when ``key``, else as a quoted value. Comments are not read.
+    0 when it is not found."""
     lines = text.splitlines()
-    start = 0
-    if after is not None:
-        for i, line in enumerate(lines):
-            if re.match(rf"\s*(\[+\s*)?{re.escape(after)}\b", line):
-                start = i
-                break
-    patterns = [f'"{needle}"', f"'{needle}'", needle]
-    for pattern in patterns:
-        for i in range(start, len(lines)):
-            if pattern in lines[i]:
-                return i + 1
+    if key and _section(lines, needle if table is None else f"{table}.{needle}") is not None:
+        return _section(lines, needle if table is None else f"{table}.{needle}")[0] + 1
+    span = _section(lines, table)
+    if span is None:
+        return 0
+    if key:
+        pattern = re.compile(rf"^\s*[\"']?{re.escape(needle)}[\"']?\s*=")
+    else:
+        pattern = re.compile(rf"[\"']{re.escape(needle)}[\"']")
+    for i in range(*span):
+        if pattern.search(lines[i].split("#", 1)[0]):
+            return i + 1
     return 0
 
 
@@ -159,20 +173,22 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
 
     for key in data:
         if key not in TOP_KEYS:
-            raise bad(_line_of(text, key), f"unknown key '{key}'; a sweep file has {', '.join(sorted(TOP_KEYS))}")
+            raise bad(_line_of(text, key, None, key=True), f"unknown key '{key}'; a sweep file has "
+                      f"{', '.join(sorted(TOP_KEYS))}")
     matrix = data.get("matrix")
     if not isinstance(matrix, dict):
         raise bad(0, "no [matrix] table; give [matrix] with models, verbs and backends")
     for key in matrix:
         if key not in MATRIX_KEYS:
-            raise bad(_line_of(text, key, "matrix"), f"unknown key matrix.{key}; [matrix] has models, verbs, backends")
+            raise bad(_line_of(text, key, "matrix", key=True), f"unknown key matrix.{key}; [matrix] has models, "
+                      f"verbs, backends")
     lists = {}
     for key in ("models", "verbs", "backends"):
         value = matrix.get(key, ["ort-cpu"] if key == "backends" else None)
         if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise bad(_line_of(text, key, "matrix"), f"matrix.{key}: give a non-empty list of strings")
+            raise bad(_line_of(text, key, "matrix", key=True), f"matrix.{key}: give a non-empty list of strings")
         lists[key] = list(dict.fromkeys(value))
-    base = p.parent
+    base = p.parent.resolve()  # cells name absolute paths: the same from any folder, and on every node
     for model in lists["models"]:
         if not _known_model(model, base):
             raise bad(_line_of(text, model, "matrix"), f"unknown model '{model}': not a zoo name (deploy zoo), "
@@ -186,36 +202,46 @@ def load_sweep(path: str | Path, out: str | Path | None = None) -> Sweep:
                       f"{', '.join(BACKENDS)}")
     args = data.get("args", {})
     if not isinstance(args, dict):
-        raise bad(_line_of(text, "args"), "[args]: give a table of verb = [arguments]")
+        raise bad(_line_of(text, "args", None, key=True), "[args]: give a table of verb = [arguments]")
     for verb, value in args.items():
         if verb not in VERBS:
-            raise bad(_line_of(text, verb, "args"), f"args.{verb}: unknown verb; one of {', '.join(VERBS)}")
+            raise bad(_line_of(text, verb, "args", key=True), f"args.{verb}: unknown verb; one of {', '.join(VERBS)}")
         if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-            raise bad(_line_of(text, verb, "args"), f"args.{verb}: give a list of arguments, e.g. "
+            raise bad(_line_of(text, verb, "args", key=True), f"args.{verb}: give a list of arguments, e.g. "
                       f"[\"--samples\", \"32\"]")
         for flag in ("-o", "--output", "--json"):
             if flag in [str(v) for v in value]:
-                raise bad(_line_of(text, verb, "args"), f"args.{verb}: {flag} is the sweep's to set (each cell "
-                          f"writes into its own folder)")
+                raise bad(_line_of(text, verb, "args", key=True), f"args.{verb}: {flag} is the sweep's to set "
+                          f"(each cell writes into its own folder)")
     resources = {}
-    for backend, value in data.get("resources", {}).items():
+    table = data.get("resources", {})
+    if not isinstance(table, dict):
+        raise bad(_line_of(text, "resources", None, key=True), "resources: give [resources.BACKEND] tables")
+    for backend, value in table.items():
+        line = _line_of(text, backend, "resources", key=True)
         if backend not in BACKENDS:
-            raise bad(_line_of(text, backend, "resources"), f"resources.{backend}: unknown backend")
+            raise bad(line, f"resources.{backend}: unknown backend; choose from {', '.join(BACKENDS)}")
         if not isinstance(value, dict) or set(value) - RESOURCE_KEYS:
-            raise bad(_line_of(text, backend, "resources"), f"resources.{backend}: give cpus, gpus and custom "
-                      f"(a table of resource = amount)")
+            raise bad(line, f"resources.{backend}: give cpus, gpus and custom (a table of resource = amount)")
         custom = value.get("custom", {})
-        numbers = [value.get("cpus", 1), value.get("gpus", 0), *custom.values()]
-        if not isinstance(custom, dict) or not all(isinstance(n, (int, float)) and n >= 0 for n in numbers):
-            raise bad(_line_of(text, backend, "resources"), f"resources.{backend}: amounts must be numbers ≥ 0")
-        resources[backend] = Resources(value.get("cpus", 1), value.get("gpus", 0), dict(custom))
+        if not isinstance(custom, dict):
+            raise bad(line, f"resources.{backend}.custom: give a table, e.g. {{ TensorRT = 1 }}")
+        if {"CPU", "GPU", "memory", "object_store_memory"} & set(custom):
+            raise bad(line, f"resources.{backend}.custom: CPU, GPU and memory are Ray's own; use cpus and gpus")
+        cpus, gpus = value.get("cpus", 1), value.get("gpus", 0)
+        numbers = [cpus, gpus, *custom.values()]
+        if not all(isinstance(n, (int, float)) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            raise bad(line, f"resources.{backend}: amounts must be numbers ≥ 0")
+        if any(n > 1 and n != int(n) for n in numbers):
+            raise bad(line, f"resources.{backend}: an amount above 1 must be whole (Ray's rule), e.g. 2 not 1.5")
+        resources[backend] = Resources(cpus, gpus, dict(custom))
     retries = data.get("retries", 2)
     timeout = data.get("timeout", 3600)
     if not isinstance(retries, int) or not 0 <= retries <= 10:
-        raise bad(_line_of(text, "retries"), "retries: give a whole number from 0 to 10")
+        raise bad(_line_of(text, "retries", None, key=True), "retries: give a whole number from 0 to 10")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise bad(_line_of(text, "timeout"), "timeout: give seconds per attempt, > 0")
-    folder = Path(out) if out is not None else base / str(data.get("out", f"{p.stem}-results"))
+        raise bad(_line_of(text, "timeout", None, key=True), "timeout: give seconds per attempt, > 0")
+    folder = Path(out).resolve() if out is not None else base / str(data.get("out", f"{p.stem}-results"))
     cells = []
     for model in lists["models"]:
         model_arg = model if Path(model).is_absolute() or not (base / model.split(":")[0]).exists() \

@@ -15,6 +15,7 @@ import ctypes
 import datetime as _dt
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,12 +37,20 @@ class CellCrashed(Exception):
     """A cell's verb ended in a way a retry may fix (a crash, a signal, a timeout)."""
 
 
+def _prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl() if sys.platform.startswith("linux") else None  # looked up here: the forked child only calls it
+
+
 def _tie_to_parent() -> None:
     """In the child, before exec: die with the worker that started it (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL, 0, 0, 0)
 
 
 def run_cell(command: list[str], folder: str, timeout: float) -> dict:
@@ -59,7 +68,7 @@ def run_cell(command: list[str], folder: str, timeout: float) -> dict:
         log.flush()
         try:
             done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                                  preexec_fn=_tie_to_parent if sys.platform.startswith("linux") else None)
+                                  preexec_fn=_tie_to_parent if _PRCTL is not None else None)
             rc = done.returncode
         except subprocess.TimeoutExpired:
             rc = -9
@@ -111,6 +120,10 @@ def run_sweep(sweep: Sweep, ray: str = "local", workers: int = 2, progress: Prog
     sweep.out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in sweep.cells if not finished(c)]
     skipped = len(sweep.cells) - len(todo)
+    for cell in todo:  # a cell runs afresh: an earlier run's report and attempt count are not this run's
+        (cell.folder / "result.json").unlink(missing_ok=True)
+        if (cell.folder / ".attempts").is_dir():
+            shutil.rmtree(cell.folder / ".attempts", ignore_errors=True)
     tick = progress or (lambda *_: None)
     start = time.perf_counter()
     if todo:
@@ -250,7 +263,7 @@ def write_results(sweep: Sweep, skipped: int, ran: int, seconds: float, ray: str
     data = {"sweep": str(sweep.path), "out": str(sweep.out), "executor": "pool" if ray == "off" else f"ray:{ray}",
             "workers": workers, "cells": records, "counts": counts, "ran": ran, "skipped_finished": skipped,
             "wall_seconds": round(seconds, 2), "utc": _now(),
-            "passed": all(r["status"] in FINAL_CODES.values() for r in records)}
+            "passed": all(r["status"] == "passed" for r in records)}  # a FAILED verdict fails the sweep too
     write_text_atomic(sweep.out / "sweep.json", json.dumps(data, indent=2) + "\n")
     write_text_atomic(sweep.out / "sweep.md", _markdown(data))
     write_text_atomic(sweep.out / "report.html", _html(data))

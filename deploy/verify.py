@@ -141,9 +141,13 @@ def verify_manifest(path: str | Path, options: VerifyOptions, say=None) -> Verif
     _adopt_preprocess(folder / reference["file"])
     held_record = manifest["data"]["held_out"]
     source = _held_out_source(held_record, folder, options.data)
-    if options.data is None and held_record.get("sha256") and Path(source).is_file() \
-            and sha256_file(source) != held_record["sha256"]:
-        notes.append(f"held-out data {source} changed since the manifest (sha256 differs): figures may move")
+    if options.data is None and held_record.get("sha256") and Path(source).is_file():
+        now = sha256_file(source)
+        ok = now == held_record["sha256"]
+        cases.append(Case("sha256", "held-out data", "passed" if ok else "failed",
+                          f"{source} sha256 {now[:12]}… " + ("as recorded" if ok else
+                          f"vs {held_record['sha256'][:12]}… recorded: not the data the certificates were made on "
+                          f"(--data certifies on other data on purpose)")))
     model = manifest["model"]
     tell(f"loading {held_record['samples']} held-out samples from {source}")
     try:
@@ -151,8 +155,11 @@ def verify_manifest(path: str | Path, options: VerifyOptions, say=None) -> Verif
                             offset=held_record["offset"] if options.data is None else 0, input_name=model["input"])
     except DataSourceError as err:
         raise BadInputError(str(err)) from None
+    if options.data is None and len(held.array) != held_record["samples"]:
+        cases.append(Case("sha256", "held-out data", "failed", f"{source} gave {len(held.array)} held-out samples; "
+                          f"the manifest certified on {held_record['samples']}"))
     tell("certifying against the fp32 export")
-    certifier = Certifier(folder / reference["file"], held.array, held.labels, options.threads)
+    certifier = Certifier(folder / reference["file"], held.array, held.labels, options.threads)  # None: ORT's
     budget = Budget(manifest["budget"]["max_drop"], manifest["budget"]["min_sqnr"])
     for c in built:
         if not (folder / c["file"]).is_file():
@@ -207,14 +214,18 @@ def _latency_cases(manifest: dict, folder: Path, options: VerifyOptions, check_b
             ([chosen] if chosen and chosen != record["baseline"] else [])
         names = [n for n in names if n in files and files[n].is_file()]
         if not names:
-            cases.append(Case("latency", f"{backend}", "skipped",
-                              "the chosen artifact is the fp32 export itself: no ratio to check"))
+            why = ("nothing was chosen (no candidate within the budget)" if not chosen else
+                   "the chosen artifact is the fp32 export itself: no ratio to check")
+            cases.append(Case("latency", f"{backend}", "skipped", why))
             continue
         tell(f"timing fp32 and {', '.join(names)} interleaved on {backend}")
         t0 = time.perf_counter()
+        from .environment import default_threads
+
+        # the recorded threads (capped at this machine's cores), unless told otherwise
+        threads = options.threads or min(record["threads"], default_threads())
         timings = time_candidates(backend, [(record["baseline"], files[record["baseline"]])]
-                                  + [(n, files[n]) for n in names], record["batch"], options.min_time, options.threads,
-                                  tell)
+                                  + [(n, files[n]) for n in names], record["batch"], options.min_time, threads, tell)
         seconds = time.perf_counter() - t0
         for n in names:
             was = record["results"][n]["ratio"]

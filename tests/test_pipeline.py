@@ -183,7 +183,9 @@ def test_pipeline_on_an_onnx_file_with_labelled_digits(cli, trained, tmp_path):
     assert result.exit_code == 0, result.output + result.stderr
     m = _manifest(out)
     by = {c["name"]: c for c in m["candidates"]}
-    assert list(by) == ["fp32", "fused", "fp16", "int8"] and m["budget"]["metric"] == "accuracy"
+    assert list(by) == ["fp32", "fused", "fp16", "int8", "pruned-0.7", "pruned-0.5"]
+    assert m["budget"]["metric"] == "accuracy"
+    assert not by["pruned-0.5"]["built"] and "needs the PyTorch model" in by["pruned-0.5"]["why_not"]
     assert by["fp32"]["certificate"]["accuracy"] > 95 and by["int8"]["certificate"]["accuracy"] > 95
     assert m["data"]["held_out"]["labels"] and m["data"]["held_out"]["offset"] == 0
     assert any("PyTorch model" in n for n in m["notes"])

@@ -184,7 +184,7 @@ def verify(
 
     from ..verify import VerifyOptions, verify_manifest, write_junit
 
-    threads = resolve_threads(threads)
+    threads = resolve_threads(threads) if threads is not None else None  # None: the manifest's (capped here)
     guard([("manifest", manifest), ("data", data_file(data))], [("--junit", junit), ("--json", json_path)])
     with err.status("verify", spinner="dots") as status:
         report = verify_manifest(manifest, VerifyOptions(max_slowdown, data, latency, all_latency, min_time, threads),

@@ -36,7 +36,8 @@ def sweep(
     and a custom resource such as TensorRT=1, so a TensorRT cell lands only on a node that offers it), and
     writes into OUT/cells/CELL/. A cell whose verb crashes or whose worker dies is retried up to `retries`
     times, then recorded as failed; the other cells' results are never lost. A rerun skips finished cells.
-    OUT/sweep.json, sweep.md and report.html combine them. Exit 1 when some cell failed.
+    OUT/sweep.json, sweep.md and report.html combine them. Exit 1 unless every cell passed (a FAILED verdict
+    counts).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
