@@ -62,9 +62,10 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
 
 def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]) -> Choice:
     timed = [c for c in candidates if c.name in timings]
-    points = {c.name: (timings[c.name].median_ms, quality(c)) for c in timed}
+    points = {c.name: (timings[c.name].ratio, quality(c)) for c in timed}  # latency as the paired ratio
     front = pareto_front(points)
-    within = sorted((c for c in timed if c.within_budget), key=lambda c: timings[c.name].median_ms)
+    # by the paired ratio to fp32 (per-round ratios of the interleaved run), steadier than raw medians
+    within = sorted((c for c in timed if c.within_budget), key=lambda c: (timings[c.name].ratio, c.name != "fp32"))
     losers: dict[str, str] = {}
     for c in candidates:
         if not c.built:
@@ -78,11 +79,15 @@ def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]
     best = within[0]
     t = timings[best.name]
     speed = 1 / t.ratio if t.ratio > 0 else math.inf
-    why = (f"fastest within the budget: {t.median_ms:.3f} ms, {speed:.2f}× the fp32 export "
-           f"[ratio {t.ratio:.3f}, 95 % CI {t.low:.3f}–{t.high:.3f}]")
+    if best.name == "fp32":
+        why = "no candidate within the budget is faster than the fp32 export (ratio 1 by definition)"
+    else:
+        why = (f"fastest within the budget: {t.median_ms:.3f} ms, {speed:.2f}× the fp32 export "
+               f"[ratio {t.ratio:.3f}, 95 % CI {t.low:.3f}–{t.high:.3f}]"
+               + (" — the interval spans 1: not faster than fp32 beyond the noise" if t.low <= 1 <= t.high else ""))
     for c in within[1:]:
         o = timings[c.name]
-        tied = o.low <= t.high
-        losers[c.name] = (f"slower: {o.median_ms:.3f} ms vs {t.median_ms:.3f} ms"
-                          + (" (tied within the 95 % intervals; chosen by median)" if tied else ""))
+        tied = o.low <= t.high and t.low <= o.high
+        losers[c.name] = (f"slower: ratio {o.ratio:.3f} vs {t.ratio:.3f} ({o.median_ms:.3f} ms vs "
+                          f"{t.median_ms:.3f} ms)" + (" — tied within the 95 % intervals" if tied else ""))
     return Choice(backend, best.name, why, front, losers)

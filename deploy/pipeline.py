@@ -97,8 +97,14 @@ class PipelineReport:
                 parts.append(f"{backend}: nothing within the budget")
                 continue
             t = self.timings[backend][c.chosen]
-            parts.append(f"{backend}: {c.chosen} {1 / t.ratio:.2f}× faster than fp32 "
-                         f"[{1 / t.high:.2f}–{1 / t.low:.2f}]")
+            if c.chosen == "fp32":
+                parts.append(f"{backend}: fp32 (nothing within the budget is faster)")
+            elif t.low <= 1 <= t.high:
+                parts.append(f"{backend}: {c.chosen}, as fast as fp32 within the noise "
+                             f"[{1 / t.high:.2f}–{1 / t.low:.2f}×]")
+            else:
+                parts.append(f"{backend}: {c.chosen} {1 / t.ratio:.2f}× faster than fp32 "
+                             f"[{1 / t.high:.2f}–{1 / t.low:.2f}]")
         verdict = "PASSED" if self.passed else "FAILED"
         return (f"{verdict} pipeline {self.model}: " + "; ".join(parts)
                 + f" — {self.folder}/report.html, {self.folder}/manifest.json")

@@ -56,12 +56,12 @@ def _chart(report, backend: str) -> str:
     xs = [timings[c.name].median_ms for c in cands]
     ys = [min(quality(c), 1e3) for c in cands]
     finite = [y for y in ys if y < 1e3]
-    y_hi = max(finite + [100.0 if report.held_out.labels is not None or cands[0].certificate.agreement is not None
-                         else 60.0])
+    percent = report.held_out.labels is not None or cands[0].certificate.agreement is not None
+    y_hi = min(100.0, max(finite + [100.0])) if percent else max(finite + [60.0])
     budget_y = _budget_y(report, cands)
     y_lo = min(finite + ([budget_y] if budget_y is not None else []) + [y_hi - 1])
-    pad = (y_hi - y_lo) * 0.08 or 1.0
-    y_lo, y_hi = y_lo - pad, y_hi + pad
+    pad = (y_hi - y_lo) * 0.06 or 1.0
+    y_lo, y_hi = (max(0.0, y_lo - pad), y_hi + pad * 0.5) if percent else (y_lo - pad, y_hi + pad)
     x_lo, x_hi = 0.0, max(xs) * 1.12
 
     def px(x: float) -> float:
@@ -92,8 +92,8 @@ def _chart(report, backend: str) -> str:
     if budget_y is not None:
         parts.append(f'<line x1="{left}" y1="{py(budget_y):.1f}" x2="{w - right}" y2="{py(budget_y):.1f}" '
                      f'stroke="#b3261e" stroke-dasharray="6 4"/>')
-        parts.append(f'<text x="{w - right - 4}" y="{py(budget_y) - 4:.1f}" font-size="11" fill="#b3261e" '
-                     f'text-anchor="end">budget</text>')
+        parts.append(f'<text x="{left + 6}" y="{py(budget_y) - 4:.1f}" font-size="11" fill="#b3261e">'
+                     f'budget</text>')
     front = report.choices[backend].front
     pts = sorted(((timings[n].median_ms, min(quality(c), 1e3)) for n in front
                   for c in cands if c.name == n), key=lambda p: p[0])
@@ -209,10 +209,17 @@ def render_html(report) -> str:
             continue
         t = report.timings[backend][choice.chosen]
         c = next(x for x in report.candidates if x.name == choice.chosen)
+        base = report.timings[backend]["fp32"].median_ms
+        if c.name == "fp32":
+            speed = "the fp32 export itself: no candidate within the budget is faster"
+        elif t.low <= 1 <= t.high:
+            speed = (f"as fast as the fp32 export within the noise ({t.median_ms:.3f} ms vs {base:.3f} ms; ratio "
+                     f"interval {t.low:.2f}–{t.high:.2f} spans 1)")
+        else:
+            speed = (f"{1 / t.ratio:.2f}× faster than the fp32 export [{1 / t.high:.2f}–{1 / t.low:.2f}] "
+                     f"({t.median_ms:.3f} ms vs {base:.3f} ms)")
         cards.append(f"<div class='card'><div class='muted'>{_e(backend)} — ship</div><b class='ok'>"
-                     f"{_e(c.file)}</b><div>{1 / t.ratio:.2f}× faster than the fp32 export "
-                     f"({t.median_ms:.3f} ms vs {report.timings[backend]['fp32'].median_ms:.3f} ms)</div>"
-                     f"<div class='muted'>{_e(choice.why)}</div></div>")
+                     f"{_e(c.file)}</b><div>{_e(speed)}</div><div class='muted'>{_e(choice.why)}</div></div>")
     sections = []
     for backend in report.choices:
         sections.append(f"<h2>{_e(backend)}</h2><div class='chart'>{_chart(report, backend)}</div>"
