@@ -9,7 +9,10 @@ PYTEST_ARGS ?=
 
 .PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits trt-api lint clean
 
+# setup also fills the cache with the real trained third-party models the demo and the suite use (PaddleOCR's
+# ONNX files, from the rapidocr-onnxruntime wheel via pip; sha256-checked; nothing is downloaded at run time).
 setup: $(STAMP)
+	@$(PY) -m deploy.ppocr fetch > /dev/null
 
 # pip's noise stays out of the output: warnings about this machine's index folders that lack a package,
 # and setuptools' editable-install banner. Real errors still print, and still fail the target.
@@ -29,8 +32,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# The main job: `deploy pipeline` on the demo models (digits-resnet, repvgg_a0, ppocr-cls), results/index.html.
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/deploy demo --out results
+	$(VENV)/bin/deploy demo --out results $(DEMO_ARGS)
 
 # The latency suite: each model's backends interleaved as one group (ratios: ort-cpu over torch-cpu).
 BENCH_MODELS ?= resnet18 resnet50 mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0

@@ -233,5 +233,7 @@ def attempt(build: Callable[[], Candidate], name: str, precision: str, parent: s
         if os.environ.get("DEPLOY_DEBUG"):
             raise
         text = (str(error).strip().splitlines() or [""])[0][:240]
-        return not_built(name, precision, parent, f"internal error {type(error).__name__}: {text} (a bug in deploy; "
-                                                  f"DEPLOY_DEBUG=1 shows the traceback)")
+        crashed = not_built(name, precision, parent, f"internal error {type(error).__name__}: {text} (a bug in "
+                                                     f"deploy; DEPLOY_DEBUG=1 shows the traceback)")
+        crashed.details["internal_error"] = True  # a bug, not a refusal: the demo exits 4 on it
+        return crashed

@@ -1,286 +1,320 @@
-"""The main job (`deploy demo`, `make demo`): export zoo models, prove them on real photos, report.
+"""The main job (`deploy demo`, `make demo`): `deploy pipeline` once per demo model, then an index page.
 
-Each model is loaded with realistic numerics (seeded weights, BN statistics from the bundled photos),
-exported to ONNX (TorchScript exporter, opset 17, simplified, dynamic batch), and checked in ONNX
-Runtime against PyTorch on photo crops the BN statistics never saw.
+The demo has no glue of its own: each model goes through :func:`deploy.pipeline.run_pipeline` exactly as
+`deploy pipeline` runs it (candidates, certificates on held-out data, a budget, interleaved timing, the Pareto
+choice, ``report.html``, a ``manifest.json`` that `deploy verify` re-checks). This module only says which
+models, with which data and options, and keeps going when one of them fails:
+
+  * a model that cannot run (bad input, a missing dependency, no candidate within its budget) is a FAILED
+    row with its one-line reason, and the other models still run;
+  * a bug (an exception that is not one of our errors, in the pipeline or in any candidate) is an
+    internal-error row naming the model; the demo finishes the others and exits 4.
+
+The default models: the digits ResNet (real weights we train, real labels: accuracy is the budget, and
+pruning is tried), the RepVGG-A0 train form (seeded weights: shows the generic ONNX reparameterization),
+and PaddleOCR's text-direction classifier (a real trained third-party ONNX file from a package, labelled
+text-line crops).
 """
 
 from __future__ import annotations
 
-import platform
 import time
+import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .compare import CompareReport
-from .export import ExportReport, export_onnx
-from .harness import check_artifacts
-from .report import fmt_bytes, write_json
-from .spec import load_artifact
+from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, BadInputError, DeployError
+from .pipeline import PipelineOptions, PipelineReport, run_pipeline
 
-DEMO_MODELS = ("resnet18", "mobilenet_v2")
-DEMO_FUSE_MODEL = "repvgg_a0"
+DEFAULT_MODELS = ("digits-resnet", "repvgg_a0", "ppocr-cls")
 
 
 @dataclass
-class FuseRow:
-    """A train-form model exported, then fused by the ONNX stage alone, both checked and timed."""
+class DemoModel:
+    """One pipeline of the demo: what to load, on what data, with which options, and what it shows."""
 
-    model: str
-    train_convs: int
-    fused_convs: int
-    train_params: int
-    fused_params: int
-    check: CompareReport
-    train_ms: float
-    fused_ms: float
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    fuse_seconds: float
-
-    def to_dict(self) -> dict:
-        return {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in self.__dict__.items()}
-
-
-def run_fuse_demo(out_dir: Path, name: str = DEMO_FUSE_MODEL, samples: int = 16,
-                  progress: Callable[[str], None] | None = None) -> FuseRow:
-    from .bench import BenchConfig, run_bench
-    from .fuse import fuse_artifact
-    from .spec import load_onnx_artifact
-
-    say = progress or (lambda _msg: None)
-    say(f"{name}: exporting the train form")
-    original = load_artifact(name)
-    train_path, fused_path = out_dir / f"{name}.train.onnx", out_dir / f"{name}.fused.onnx"
-    export_onnx(original, train_path, progress=lambda msg: say(f"{name}: {msg}"))
-    say(f"{name}: fusing (ONNX stage alone)")
-    fused = fuse_artifact(load_onnx_artifact(train_path), fused_path, passes=["onnx_reparam"], verify=False)
-    say(f"{name}: checking the fused file against the PyTorch original")
-    check = check_artifacts(original, load_onnx_artifact(fused_path), samples=samples, data="photos")
-    say(f"{name}: benchmarking train form vs fused (ort-cpu, batch 1)")
-    bench = run_bench([(str(train_path), load_onnx_artifact(train_path)), (str(fused_path),
-                                                                            load_onnx_artifact(fused_path))],
-                      ["ort-cpu"], BenchConfig(batches=(1,), min_runs=30, min_time=3.0))
-    train, fast = bench.results
-    return FuseRow(name, fused.before.get("Conv", 0), fused.after.get("Conv", 0), fused.before["params"],
-                   fused.after["params"], check, train.stats.median * 1e3, fast.stats.median * 1e3,
-                   fast.ratio.ratio, fast.ratio.low, fast.ratio.high, fused.passes[0]["seconds"])
-
-
-@dataclass
-class Int8Row:
-    """An fp32 ONNX file quantized by `deploy quantize` (auto, ort-cpu), scored and timed against itself."""
-
-    model: str
-    fp32_path: str
-    int8_path: str
-    method: str
-    centred_sqnr_db: float
-    top1_agreement: float | None
-    integer_convs: int
-    convs: int
-    fp32_ms: float
-    int8_ms: float
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    quantize_seconds: float
-    chart: str | None = None
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def run_int8_demo(out_dir: Path, items: list[tuple[str, Path]], samples: int = 64, eval_samples: int = 32,
-                  progress: Callable[[str], None] | None = None) -> list[Int8Row]:
-    """Quantize each (label, fp32 .onnx) for ONNX Runtime CPU and time fp32 vs int8 side by side."""
-    from .bench import BenchConfig, run_bench
-    from .quantize import QuantizeOptions, quantize_artifact
-    from .spec import load_onnx_artifact
-
-    say = progress or (lambda _msg: None)
-    rows = []
-    for label, fp32_path in items:
-        int8_path = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
-        report = quantize_artifact(load_onnx_artifact(fp32_path), int8_path, QuantizeOptions(
-            samples=samples, eval_samples=eval_samples), progress=lambda msg, n=label: say(f"{n} int8: {msg}"))
-        say(f"{label}: benchmarking fp32 vs int8 (ort-cpu, batch 1)")
-        bench = run_bench([(f"{label} fp32", load_onnx_artifact(fp32_path)),
-                           (f"{label} int8", load_onnx_artifact(int8_path))],
-                          ["ort-cpu"], BenchConfig(batches=(1,), min_runs=30, min_time=2.0))
-        chart = None
-        try:
-            from .plot import plot_latency
-
-            chart = str(plot_latency(bench, out_dir / f"{fp32_path.stem}.int8-latency.png",
-                                     title=f"{label}: fp32 vs int8, ONNX Runtime CPU"))
-        except Exception:  # matplotlib missing or failing: the table still stands
-            chart = None
-        base, fast = bench.results
-        k = report.integer_kernels or {}
-        f = report.final
-        rows.append(Int8Row(label, str(fp32_path), str(int8_path), report.chosen, f.centred_sqnr_db,
-                            f.top1_agreement, k.get("QLinearConv", 0), k.get("QLinearConv", 0)
-                            + k.get("Conv (float)", 0), base.stats.median * 1e3, fast.stats.median * 1e3,
-                            fast.ratio.ratio, fast.ratio.low, fast.ratio.high, report.seconds["total"], chart))
-    return rows
-
-
-@dataclass
-class PruneRow:
-    """A zoo model pruned to half its MACs (`deploy prune --macs 0.5`), exported, timed against the original."""
-
-    model: str
-    onnx: str
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    round_to: int
-    ratio: float
-    ratio_low: float
-    ratio_high: float
-    export_max_rel: float | None
-    passed: bool
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-def run_prune_demo(out_dir: Path, name: str, macs: float = 0.5, batch: int = 1,
-                   progress: Callable[[str], None] | None = None) -> PruneRow:
-    from .prune import PruneSettings, PruneTarget
-    from .prune_job import PruneJobOptions, prune_artifact
-
-    say = progress or (lambda _msg: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.pruned.onnx"
-    settings = PruneSettings(PruneTarget("macs", macs), round_to=None, backend="ort-cpu", batch=batch)
-    report = prune_artifact(load_artifact(name), path, PruneJobOptions(settings, samples=32),
-                            progress=lambda msg: say(f"{name} prune: {msg}"))
-    o = report.outcome
-    lat = o.latency
-    return PruneRow(name, str(path), o.macs_before, o.macs_after, o.params_before, o.params_after, o.round_to,
-                    lat.latency_ratio, lat.low, lat.high, report.export_max_rel,
-                    report.export_check.startswith("PASSED"), report.seconds)
-
-
-def prune_markdown(row: PruneRow | None) -> list[str]:
-    if row is None:
-        return []
-    r = row
-    return [f"## Structured pruning: {r.model} (`deploy prune {r.model} --macs 0.5`)", "",
-            "| | MACs | params | ort-cpu batch 1 latency / original [95% CI] | ONNX vs pruned torch (max rel) |",
-            "|---|---:|---:|---|---:|",
-            f"| original | {r.macs_before / 1e6:,.0f} M | {r.params_before:,} | 1 | — |",
-            f"| pruned (multiples of {r.round_to}) | {r.macs_after / 1e6:,.0f} M | {r.params_after:,} | "
-            f"{r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] — {1 / r.ratio:.2f}× faster | "
-            f"{r.export_max_rel:.2e} ({'PASSED' if r.passed else 'FAILED'}) |", "",
-            "Random weights: the accuracy of pruning is shown on trained nets (`tests/test_prune_cli.py`, digits).", ""]
+    name: str  # the row's name and its folder under the demo's output
+    spec: str
+    about: str  # what the model is and what it shows, one sentence
+    options: PipelineOptions
+    weights: str | None = None
+    shape: tuple[int, ...] | None = None
+    preprocess: object | None = None  # calib.data.PreprocessSpec stored in the files it writes
+    trained: bool = False  # real trained weights (not seeded)
 
 
 @dataclass
 class DemoRow:
     model: str
-    export: ExportReport
-    check: CompareReport
-    load_seconds: float
+    about: str
+    status: str  # ran | failed | internal error
+    seconds: float
+    report: PipelineReport | None = None
+    reason: str | None = None  # failed / internal error: one line
+    trained: bool = False
+    internal: list[str] = field(default_factory=list)  # candidates that crashed (bugs), "name: message"
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ran" and self.report is not None and self.report.passed and not self.internal
+
+    def verdict(self) -> str:
+        if self.status == "internal error" or self.internal:
+            return "INTERNAL ERROR"
+        return "PASSED" if self.passed else "FAILED"
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "load_seconds": round(self.load_seconds, 3), "export": self.export.to_dict(),
-                "check": self.check.to_dict()}
+        out = {"model": self.model, "about": self.about, "status": self.status, "verdict": self.verdict(),
+               "seconds": round(self.seconds, 1), "reason": self.reason, "trained_weights": self.trained,
+               "internal_errors": self.internal}
+        if self.report is not None:
+            out["folder"] = Path(self.report.folder).name
+            out["summary"] = self.report.summary()
+            out["choices"] = {b: shipped(self.report, b) for b in self.report.choices}
+        return out
 
 
-def run_demo(out_dir: Path, models: tuple[str, ...] = DEMO_MODELS, samples: int = 16,
-             progress: Callable[[str], None] | None = None) -> list[DemoRow]:
-    say = progress or (lambda _msg: None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in models:
-        say(f"{name}: loading")
+@dataclass
+class DemoReport:
+    folder: str
+    rows: list[DemoRow]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    @property
+    def exit_code(self) -> int:
+        if any(r.verdict() == "INTERNAL ERROR" for r in self.rows):
+            return EXIT_INTERNAL
+        return EXIT_OK if self.passed else EXIT_CHECK_FAILED
+
+    def summary(self) -> str:
+        minutes = f"{self.seconds / 60:.1f} min"
+        if self.passed:
+            ships = "; ".join(f"{r.model}: {_ships_words(r.report)}" for r in self.rows)
+            return f"PASSED demo: {len(self.rows)} model(s) in {minutes} — {ships} — {self.folder}/index.html"
+        bad = [f"{r.model}: {r.reason or _why_failed(r)}" for r in self.rows if not r.passed]
+        return f"FAILED demo: {len(bad)} of {len(self.rows)} model(s) — {'; '.join(bad)} — {self.folder}/index.html"
+
+    def to_dict(self) -> dict:
+        return {"passed": self.passed, "exit_code": self.exit_code, "seconds": round(self.seconds, 1),
+                "models": [r.to_dict() for r in self.rows]}
+
+
+def shipped(report: PipelineReport, backend: str) -> dict:
+    """What ships on ``backend``: the chosen candidate, its speed-up over the fp32 export with the interval,
+    and its measured quality on the held-out data."""
+    choice = report.choices[backend]
+    if choice.chosen is None:
+        return {"chosen": None, "why": choice.why}
+    t = report.timings[backend][choice.chosen]
+    cand = next(c for c in report.candidates if c.name == choice.chosen)
+    cert = cand.certificate
+    out = {"chosen": choice.chosen, "file": cand.file, "precision": cand.precision, "why": choice.why,
+           "speedup": 1 / t.ratio, "speedup_low": 1 / t.high, "speedup_high": 1 / t.low, "median_ms": t.median_ms,
+           "beyond_noise": not (t.low <= 1 <= t.high)}
+    if cert is not None:
+        metric, value = cert.metric()
+        out.update({"quality_metric": metric, "quality": value, "reference_accuracy": cert.reference_accuracy,
+                    "drop": cert.drop, "centred_sqnr_db": cert.centred_sqnr_db, "samples": cert.samples})
+    return out
+
+
+def _ships_words(report: PipelineReport) -> str:
+    words = []
+    for backend in report.choices:
+        s = shipped(report, backend)
+        if s["chosen"] is None:
+            words.append(f"{backend} nothing")
+        elif s["chosen"] == "fp32":
+            words.append(f"{backend} fp32")
+        else:
+            words.append(f"{backend} {s['chosen']} {s['speedup']:.2f}×"
+                         + ("" if s["beyond_noise"] else " (within the noise)"))
+    return ", ".join(words)
+
+
+def _why_failed(row: DemoRow) -> str:
+    if row.internal:
+        return "; ".join(row.internal)
+    if row.report is not None:
+        return "; ".join(f"{b}: {c.why}" for b, c in row.report.choices.items() if c.chosen is None)
+    return "did not run"
+
+
+# ------------------------------------------------------------------------------------------- the models
+
+
+def plan_models(names: tuple[str, ...], data_dir: Path, base: PipelineOptions,
+                say: Callable[[str], None] = lambda _m: None) -> list[DemoModel | DemoRow]:
+    """Each name's pipeline, with its data written under ``data_dir``; a name that cannot be prepared is a
+    FAILED row (its reason) rather than an error that stops the others."""
+    from .models import UnknownModelError, get_model_entry
+    from .spec import is_onnx_spec
+
+    planned: list[DemoModel | DemoRow] = []
+    for name in names:
         start = time.perf_counter()
-        artifact = load_artifact(name)
-        load_seconds = time.perf_counter() - start
-        onnx_path = out_dir / f"{name}.onnx"
-        export = export_onnx(artifact, onnx_path, progress=lambda msg, n=name: say(f"{n}: {msg}"))
-        say(f"{name}: checking on {samples} photo crops")
-        from .spec import load_onnx_artifact
-
-        check = check_artifacts(artifact, load_onnx_artifact(onnx_path), samples=samples, data="photos")
-        rows.append(DemoRow(name, export, check, load_seconds))
-    return rows
-
-
-def int8_markdown(rows: list[Int8Row]) -> list[str]:
-    if not rows:
-        return []
-    lines = ["## Int8 (`deploy quantize --method auto --target ort-cpu`)", "",
-             "Scored against the fp32 file on held-out photo crops (not seen in calibration); latency is ONNX "
-             "Runtime CPU at batch 1, fp32 and int8 interleaved in one run.", "",
-             "| model | method | centred SQNR dB | top-1 agree | integer convs | fp32 ms | int8 ms | int8 / fp32 "
-             "[95% CI] | speed-up |", "|---|---|---:|---:|---:|---:|---:|---|---:|"]
-    for r in rows:
-        agree = "—" if r.top1_agreement is None else f"{r.top1_agreement:.1f} %"
-        lines.append(f"| {r.model} | {r.method} | {r.centred_sqnr_db:.1f} | {agree} | {r.integer_convs}/{r.convs} | "
-                     f"{r.fp32_ms:.2f} | {r.int8_ms:.2f} | {r.ratio:.3f} [{r.ratio_low:.3f}, {r.ratio_high:.3f}] | "
-                     f"{1 / r.ratio:.2f}× |")
-    lines.append("")
-    for r in rows:
-        if r.chart:
-            lines += [f"![{r.model} latency]({Path(r.chart).name})", ""]
-    return lines
+        try:
+            if name == "ppocr-cls":
+                planned.append(_ppocr_cls(data_dir, base, say))
+            elif name.startswith("digits-"):
+                planned.append(_digits(name, data_dir, base, say))
+            elif is_onnx_spec(name):
+                if not Path(name).is_file():
+                    raise BadInputError(f"{name}: no such file")
+                planned.append(DemoModel(Path(name).stem, name, "your ONNX file on the bundled photos",
+                                         replace(base, prune_latency=())))
+            elif ":" in name:  # the user's own code, pkg.module:factory or file.py:factory
+                planned.append(DemoModel(_folder_name(name), name, "your PyTorch model on the bundled photos",
+                                         replace(base, prune_latency=())))
+            else:
+                get_model_entry(name)
+                planned.append(DemoModel(name, name, _zoo_about(name), replace(base, prune_latency=())))
+        except (DeployError, UnknownModelError) as error:
+            planned.append(DemoRow(name, "", "failed", time.perf_counter() - start, reason=_line(error)))
+        except Exception as error:  # a bug while preparing: named, and the others go on
+            planned.append(DemoRow(name, "", "internal error", time.perf_counter() - start,
+                                   reason=_internal(error)))
+    return planned
 
 
-def demo_markdown(rows: list[DemoRow], fuse_row: FuseRow | None = None, int8_rows: list[Int8Row] | None = None,
-                  accuracy_rows: list | None = None, prune_row: PruneRow | None = None) -> str:
-    from .accuracy import accuracy_markdown
+def _folder_name(spec: str) -> str:
+    """A folder name for a spec: 'models/net.py:build(width=2)' → 'net-build'."""
+    import re
 
-    lines = [
-        "# deploy demo",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}.",
-        "Models: seeded random weights with BN statistics from the bundled photos; checks on other photo crops.",
-        "",
-        "| model | params (ONNX) | nodes | file | export s | max rel err | cosine | top-1 agree | verdict |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        w = r.check.worst()
-        lines.append(f"| {r.model} | {r.export.parameters:,} | {r.export.nodes} | {fmt_bytes(r.export.file_bytes)} | "
-                     f"{r.export.export_seconds:.2f} | {w.max_rel:.2e} | {w.cosine:.6f} | "
-                     f"{'-' if w.top1 is None else f'{w.top1:.3f}'} | {'PASSED' if r.check.passed else 'FAILED'} |")
-    lines += ["", "Each row: `deploy export MODEL -o MODEL.onnx`, then `deploy check MODEL MODEL.onnx --data photos`.",
-              ""]
-    if fuse_row is not None:
-        f = fuse_row
-        w = f.check.worst()
-        lines += [
-            f"## Structural reparameterization: {f.model}", "",
-            "| artifact | Conv nodes | params | max rel err vs PyTorch | ort-cpu batch 1 median ms |",
-            "|---|---:|---:|---:|---:|",
-            f"| train-form export | {f.train_convs} | {f.train_params:,} | — | {f.train_ms:.2f} |",
-            f"| fused (onnx_reparam, {f.fuse_seconds:.1f} s) | {f.fused_convs} | {f.fused_params:,} | "
-            f"{w.max_rel:.2e} ({'PASSED' if f.check.passed else 'FAILED'}) | {f.fused_ms:.2f} |",
-            "", f"Fused / train latency: {f.ratio:.3f} [{f.ratio_low:.3f}, {f.ratio_high:.3f}] (95% CI, interleaved "
-            f"rounds) — {1 / f.ratio:.2f}× faster.", ""]
-    lines += int8_markdown(int8_rows or [])
-    lines += prune_markdown(prune_row)
-    lines += accuracy_markdown(accuracy_rows or [])
-    return "\n".join(lines)
+    head, _, factory = spec.partition(":")
+    stem = Path(head).stem if head.endswith(".py") else head.rsplit(".", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{stem}-{factory.split('(')[0]}").strip("-") or "model"
 
 
-def write_demo_report(rows: list[DemoRow], out_dir: Path, fuse_row: FuseRow | None = None,
-                      int8_rows: list[Int8Row] | None = None, accuracy_rows: list | None = None,
-                      prune_row: PruneRow | None = None) -> tuple[Path, Path]:
-    md = out_dir / "demo.md"
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(demo_markdown(rows, fuse_row, int8_rows, accuracy_rows, prune_row))
-    tmp.replace(md)
-    data = {"exports": [r.to_dict() for r in rows], "fuse": fuse_row.to_dict() if fuse_row else None,
-            "int8": [r.to_dict() for r in int8_rows or []],
-            "digits_accuracy": [r.to_dict() for r in accuracy_rows or []],
-            "prune": prune_row.to_dict() if prune_row else None}
-    return md, write_json(out_dir / "demo.json", data)
+def check_plan(names: tuple[str, ...], base: PipelineOptions,
+               say: Callable[[str], None] = lambda _m: None) -> list[DemoModel | DemoRow]:
+    """``--dry-run``: every model prepared (data made in a temporary folder) and loaded, nothing run or
+    written; what could not be is a FAILED (or internal-error) row, as in a real run."""
+    import tempfile
+
+    from .pipeline import _validate
+    from .spec import load_artifact
+
+    checked: list[DemoModel | DemoRow] = []
+    with tempfile.TemporaryDirectory(prefix="deploy-demo-plan-") as tmp:
+        for item in plan_models(names, Path(tmp), base, say):
+            if isinstance(item, DemoModel):
+                try:
+                    _validate(item.options)
+                    load_artifact(item.spec, weights=item.weights, shape=item.shape)
+                except DeployError as error:
+                    item = DemoRow(item.name, item.about, "failed", 0.0, reason=_line(error))
+                except Exception as error:
+                    item = DemoRow(item.name, item.about, "internal error", 0.0, reason=_internal(error))
+            checked.append(item)
+    return checked
+
+
+def _zoo_about(name: str) -> str:
+    from .models import get_model_entry
+
+    entry = get_model_entry(name)
+    reparam = "reparameterized by the generic ONNX branch merge" if entry.family in (
+        "repvgg", "acnet", "dbb", "mobileone") else "exact passes"
+    return (f"zoo {name}, train form, seeded weights with realistic BN statistics, bundled photos "
+            f"(top-1 agreement with fp32 is the budget; {reparam})")
+
+
+def _digits(name: str, data_dir: Path, base: PipelineOptions, say) -> DemoModel:
+    from .digits import digits_splits, train_digits, write_digits_npz
+
+    say(f"{name}: training on scikit-learn's digits (or loading the cached checkpoint)")
+    trained = train_digits(name)
+    splits = digits_splits()
+    calib = write_digits_npz(data_dir / "digits-calib.npz", splits.calib)
+    test = write_digits_npz(data_dir / "digits-test.npz", splits.test)
+    # Batch 32: the digits nets are so small that batch 1 times dispatch, not compute (int8 ties fp32 there).
+    # Pruning at 0.8 of the latency: 0.7 and below are out of reach for this net on ort-cpu (measured).
+    options = replace(base, data=str(calib), eval_data=str(test), samples=len(splits.calib[0]),
+                      eval_samples=len(splits.test[0]), prune_latency=(0.8,), batch=32, distil=True)
+    return DemoModel(name, name, f"{name} trained here on scikit-learn's digits ({trained.test_accuracy:.2f} % on the "
+                     f"400 test digits); accuracy on them is the budget; pruning and int8 tried",
+                     options, weights=str(trained.checkpoint), trained=True)
+
+
+def _ppocr_cls(data_dir: Path, base: PipelineOptions, say) -> DemoModel:
+    from . import ppocr
+
+    path = ppocr.model_path("cls")
+    say("ppocr-cls: cutting text lines out of scikit-image's page scan")
+    tune, held = ppocr.write_orientation_npz(data_dir, input_name="x")
+    import numpy as np
+
+    with np.load(tune) as t, np.load(held) as h:
+        n_tune, n_held = len(t["y"]), len(h["y"])
+    options = replace(base, data=str(tune), eval_data=str(held), samples=n_tune, eval_samples=n_held,
+                      prune_latency=())
+    return DemoModel("ppocr-cls", str(path), f"PaddleOCR's text-direction classifier (real trained weights, "
+                     f"{ppocr.WHEEL}=={ppocr.VERSION}), labelled 0°/180° text-line crops of scikit-image's page "
+                     f"({n_tune} tune, {n_held} held out, other lines); accuracy is the budget",
+                     options, shape=ppocr.CLS_SHAPE, preprocess=ppocr.cls_preprocess_spec(), trained=True)
+
+
+# ------------------------------------------------------------------------------------------- running
+
+
+def run_demo(out_dir: Path, names: tuple[str, ...], base: PipelineOptions,
+             progress: Callable[[str, int, int, str], None] | None = None,
+             say: Callable[[str], None] | None = None) -> DemoReport:
+    """Every model's pipeline into ``out_dir/<model>/``, then ``index.html``, ``demo.json`` and ``demo.md``.
+    ``progress(model, done, total, text)`` follows each pipeline's steps."""
+    from .calib.data import set_preprocess
+    from .demo_index import write_index
+    from .spec import load_artifact
+
+    tell = say or (lambda _m: None)
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = out_dir / "data"
+    data_dir.mkdir(exist_ok=True)
+    rows: list[DemoRow] = []
+    for item in plan_models(names, data_dir, base, say=lambda m: (progress or (lambda *_: None))(m, 0, 1, m)):
+        if isinstance(item, DemoRow):
+            rows.append(item)
+            continue
+        t0 = time.perf_counter()
+        row = DemoRow(item.name, item.about, "ran", 0.0, trained=item.trained)
+        try:
+            artifact = load_artifact(item.spec, weights=item.weights, shape=item.shape)
+            set_preprocess(item.preprocess)
+            row.report = run_pipeline(artifact, out_dir / item.name, item.options,
+                                      progress=lambda d, n, text, m=item.name: (progress or (lambda *_: None))(
+                                          m, d, n, text),
+                                      say=lambda msg, m=item.name: tell(f"{m}: {msg}"))
+            row.internal = [f"{c.name}: {c.why_not}" for c in row.report.candidates
+                            if c.details.get("internal_error")]
+        except DeployError as error:
+            row.status, row.reason = "failed", _line(error)
+        except Exception as error:
+            row.status, row.reason = "internal error", _internal(error)
+        finally:
+            set_preprocess(None)
+        row.seconds = time.perf_counter() - t0
+        rows.append(row)
+    report = DemoReport(str(out_dir), rows, time.perf_counter() - start)
+    write_index(report, out_dir)
+    return report
+
+
+def _line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def _internal(error: BaseException) -> str:
+    import os
+
+    if os.environ.get("DEPLOY_DEBUG"):
+        traceback.print_exception(error)
+    return f"internal error {type(error).__name__}: {_line(error)[:240]} (a bug in deploy; DEPLOY_DEBUG=1 shows the " \
+           f"traceback)"

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .files import atomic_path
+from .files import atomic_path, default_cache_dir
 from .models import create_model, get_model_entry
 
 # Bump when the training code changes what it produces (data, augmentation, loop): old checkpoints then miss.
@@ -192,12 +192,6 @@ class TrainedDigits:
 
     def deploy_form(self) -> nn.Module:
         return deploy_form(self.model)
-
-
-def default_cache_dir() -> Path:
-    """``$DEPLOY_CACHE``, else ``~/.cache/deploy``."""
-    env = os.environ.get("DEPLOY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "deploy"
 
 
 def checkpoint_path(name: str, config: TrainConfig, seed: int = 0, cache_dir: Path | None = None) -> Path:

@@ -22,6 +22,13 @@ from pathlib import Path
 from .errors import BadInputError
 
 
+def default_cache_dir() -> Path:
+    """Where deploy keeps what it makes once and reuses (digits checkpoints, fetched model files, measured
+    round-to tables, engines): ``$DEPLOY_CACHE``, else ``~/.cache/deploy``."""
+    env = os.environ.get("DEPLOY_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "deploy"
+
+
 def umask_mode() -> int:
     """The mode ``open(path, "w")`` would create a file with under the current umask."""
     umask = os.umask(0)

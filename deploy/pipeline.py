@@ -181,12 +181,17 @@ def check_backends(backends: tuple[str, ...]) -> None:
 
 
 def time_candidates(backend: str, files: list[tuple[str, Path]], batch: int, min_time: float,
-                    threads: int | None, tick: Callable[[str], None] | None = None) -> dict[str, Timing]:
-    """All files on one backend, interleaved in one run; ratios to the first (the fp32 export)."""
+                    threads: int | None, tick: Callable[[str], None] | None = None,
+                    shape: tuple[int | str, ...] | None = None) -> dict[str, Timing]:
+    """All files on one backend, interleaved in one run; ratios to the first (the fp32 export).
+
+    ``shape``: the model input's shape as the pipeline was given it; it fills dims the files leave free
+    (an ONNX input whose height and width are dynamic, timed at the size it was certified at)."""
     from .bench import BenchConfig, run_bench
     from .spec import load_onnx_artifact
 
-    specs = [(name, load_onnx_artifact(path)) for name, path in files]
+    given = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape) if shape else None
+    specs = [(name, load_onnx_artifact(path, shape=given)) for name, path in files]
     config = BenchConfig(batches=(batch,), threads=threads, min_runs=20, min_time=min_time, memory="off")
     report = run_bench(specs, [backend], config, tick)
     out = {}
@@ -312,7 +317,7 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
             files = [(c.name, work / c.file) for c in candidates if c.built and backend in c.backends]
             step(f"timing {len(files)} candidates interleaved on {backend}, batch {options.batch}")
             timings[backend] = time_candidates(backend, files, options.batch, options.min_time, options.threads,
-                                               detail)
+                                               detail, shape=artifact.input_shape)
             choices[backend] = choose(backend, candidates, timings[backend])
             advance()
         for c in candidates:  # the words name the files where they will be, not the work folder

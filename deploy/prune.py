@@ -414,7 +414,7 @@ def _interpolate(points: list[tuple[float, float]], target: float) -> float:
 
 
 def _round_to_cache() -> Path:
-    from .digits import default_cache_dir
+    from .files import default_cache_dir
 
     return default_cache_dir() / "round_to.json"
 

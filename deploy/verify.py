@@ -225,7 +225,8 @@ def _latency_cases(manifest: dict, folder: Path, options: VerifyOptions, check_b
         # the recorded threads (capped at this machine's cores), unless told otherwise
         threads = options.threads or min(record["threads"], default_threads())
         timings = time_candidates(backend, [(record["baseline"], files[record["baseline"]])]
-                                  + [(n, files[n]) for n in names], record["batch"], options.min_time, threads, tell)
+                                  + [(n, files[n]) for n in names], record["batch"], options.min_time, threads, tell,
+                                  shape=tuple(manifest["model"]["shape"]))
         seconds = time.perf_counter() - t0
         for n in names:
             was = record["results"][n]["ratio"]

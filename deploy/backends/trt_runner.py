@@ -95,7 +95,7 @@ class TrtRunner(Runner):
 
     def _cached_build(self, batch: int) -> Path:
         from ..build import BuildOptions, build_engine, file_sha256
-        from ..digits import default_cache_dir
+        from ..files import default_cache_dir
         from ..gpu import device_facts
 
         options = BuildOptions(batch=(1, batch, max(batch, DEFAULT_MAX_BATCH)),
