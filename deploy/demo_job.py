@@ -39,7 +39,7 @@ class DemoModel:
     about: str  # what the model is and what it shows, one sentence
     options: PipelineOptions
     weights: str | None = None
-    shape: tuple[int, ...] | None = None
+    shape: object | None = None  # one shape or {input: shape} (spec.parse_shapes)
     preprocess: object | None = None  # calib.data.PreprocessSpec stored in the files it writes
     trained: bool = False  # real trained weights (not seeded)
 
@@ -149,9 +149,10 @@ def _why_failed(row: DemoRow) -> str:
 
 
 def plan_models(names: tuple[str, ...], data_dir: Path, base: PipelineOptions,
-                say: Callable[[str], None] = lambda _m: None) -> list[DemoModel | DemoRow]:
+                say: Callable[[str], None] = lambda _m: None, shape=None) -> list[DemoModel | DemoRow]:
     """Each name's pipeline, with its data written under ``data_dir``; a name that cannot be prepared is a
-    FAILED row (its reason) rather than an error that stops the others."""
+    FAILED row (its reason) rather than an error that stops the others. ``shape`` (``--shape``) is for the
+    user's own models and ONNX files; the demo's own models know theirs."""
     from .models import UnknownModelError, get_model_entry
     from .spec import is_onnx_spec
 
@@ -167,13 +168,13 @@ def plan_models(names: tuple[str, ...], data_dir: Path, base: PipelineOptions,
                 if not Path(name).is_file():
                     raise BadInputError(f"{name}: no such file")
                 planned.append(DemoModel(Path(name).stem, name, "your ONNX file on the bundled photos",
-                                         replace(base, prune_latency=())))
+                                         replace(base, prune_latency=()), shape=shape))
             elif ":" in name:  # the user's own code, pkg.module:factory or file.py:factory
                 planned.append(DemoModel(_folder_name(name), name, "your PyTorch model on the bundled photos",
-                                         replace(base, prune_latency=())))
+                                         replace(base, prune_latency=()), shape=shape))
             else:
                 get_model_entry(name)
-                planned.append(DemoModel(name, name, _zoo_about(name), replace(base, prune_latency=())))
+                planned.append(DemoModel(name, name, _zoo_about(name), replace(base, prune_latency=()), shape=shape))
         except (DeployError, UnknownModelError) as error:
             planned.append(DemoRow(name, "", "failed", time.perf_counter() - start, reason=_line(error)))
         except Exception as error:  # a bug while preparing: named, and the others go on
@@ -192,7 +193,7 @@ def _folder_name(spec: str) -> str:
 
 
 def check_plan(names: tuple[str, ...], base: PipelineOptions,
-               say: Callable[[str], None] = lambda _m: None) -> list[DemoModel | DemoRow]:
+               say: Callable[[str], None] = lambda _m: None, shape=None) -> list[DemoModel | DemoRow]:
     """``--dry-run``: every model prepared (data made in a temporary folder) and loaded, nothing run or
     written; what could not be is a FAILED (or internal-error) row, as in a real run."""
     import tempfile
@@ -202,7 +203,7 @@ def check_plan(names: tuple[str, ...], base: PipelineOptions,
 
     checked: list[DemoModel | DemoRow] = []
     with tempfile.TemporaryDirectory(prefix="deploy-demo-plan-") as tmp:
-        for item in plan_models(names, Path(tmp), base, say):
+        for item in plan_models(names, Path(tmp), base, say, shape):
             if isinstance(item, DemoModel):
                 try:
                     _validate(item.options)
@@ -265,7 +266,7 @@ def _ppocr_cls(data_dir: Path, base: PipelineOptions, say) -> DemoModel:
 
 def run_demo(out_dir: Path, names: tuple[str, ...], base: PipelineOptions,
              progress: Callable[[str, int, int, str], None] | None = None,
-             say: Callable[[str], None] | None = None) -> DemoReport:
+             say: Callable[[str], None] | None = None, shape=None) -> DemoReport:
     """Every model's pipeline into ``out_dir/<model>/``, then ``index.html``, ``demo.json`` and ``demo.md``.
     ``progress(model, done, total, text)`` follows each pipeline's steps."""
     from .calib.data import set_preprocess
@@ -279,7 +280,8 @@ def run_demo(out_dir: Path, names: tuple[str, ...], base: PipelineOptions,
     data_dir = out_dir / "data"
     data_dir.mkdir(exist_ok=True)
     rows: list[DemoRow] = []
-    for item in plan_models(names, data_dir, base, say=lambda m: (progress or (lambda *_: None))(m, 0, 1, m)):
+    for item in plan_models(names, data_dir, base, say=lambda m: (progress or (lambda *_: None))(m, 0, 1, m),
+                            shape=shape):
         if isinstance(item, DemoRow):
             rows.append(item)
             continue

@@ -142,26 +142,6 @@ def test_npz_calibration_and_bad_choices(cli, tiny_onnx, tmp_path):
         assert result.exit_code == 2 and value in result.output
 
 
-def test_demo_int8_rows_and_markdown_report(cli, tmp_path):
-    result = cli("demo", "--models", "tiny-resnet", "--fuse-model", "", "--int8", "tiny-resnet", "--samples", "4",
-                 "--prune", "tiny-resnet", "--no-digits", "--out", tmp_path)
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "demo.json").read_text())
-    pruned = report["prune"]  # the pruned row: half the MACs (a budget met from below), verified, timed
-    assert 0.45 <= pruned["macs_after"] / pruned["macs_before"] <= 0.505 and pruned["passed"]
-    assert pruned["export_max_rel"] < 1e-4 and 0 < pruned["ratio_low"] <= pruned["ratio"] <= pruned["ratio_high"]
-    assert (tmp_path / "tiny-resnet.pruned.onnx").exists() and "## Structured pruning" in \
-        (tmp_path / "demo.md").read_text()
-    (row,) = report["int8"]
-    assert row["model"] == "tiny-resnet" and row["integer_convs"] == row["convs"] == 6
-    assert row["centred_sqnr_db"] > 15 and 0 < row["ratio_low"] <= row["ratio"] <= row["ratio_high"]
-    markdown = (tmp_path / "demo.md").read_text()
-    assert "## Int8" in markdown and "| tiny-resnet |" in markdown
-    if row["chart"]:  # matplotlib present: the chart is linked from the report
-        assert (tmp_path / "tiny-resnet.int8-latency.png").exists()
-        assert "tiny-resnet.int8-latency.png" in markdown
-
-
 def test_fp16_precision_keeps_float32_io_and_halves_the_weights(cli, tiny_onnx, tmp_path):
     out = tmp_path / "h.onnx"
     result = cli("quantize", tiny_onnx, "-o", out, "--precision", "fp16", "--eval-samples", "8",

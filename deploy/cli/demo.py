@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .app import err, out, resolve_threads, verb, write_report
-from .options import Json, Samples, Threads, examples
+from .options import Json, Samples, Shape, Threads, examples
 
 
 @verb(epilog=examples("deploy demo --out results",
@@ -27,6 +27,7 @@ def demo(
                        "ort-cpu, ort-cuda, trt.")] = "ort-cpu",
     max_drop: Annotated[float, typer.Option(help="Budget for every model: top-1 points lost on held-out data "
                         "(accuracy where the data is labelled, else disagreement with fp32).")] = 1.0,
+    shape: Shape = None,
     samples: Samples = 256,
     eval_samples: Annotated[int, typer.Option(help="Held-out samples each candidate is certified on (zoo models "
                             "and ONNX files; the labelled demo sets use all of theirs).")] = 100,
@@ -52,6 +53,7 @@ def demo(
     from ..demo_job import run_demo
     from ..errors import BadInputError
     from ..pipeline import PipelineOptions, _validate, check_backends
+    from ..spec import parse_shapes
 
     names = tuple(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
     if not names:
@@ -65,7 +67,7 @@ def demo(
     _validate(base)
     check_backends(base.backends)
     if dry_run:
-        _dry_run(names, base)
+        _dry_run(names, base, parse_shapes(shape))
         return
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
@@ -77,7 +79,7 @@ def demo(
             bar.update(tasks[model], completed=done, total=total, description=f"{model}: {text}"[:110])
 
         report = run_demo(out_dir, names, base, progress=progress,
-                          say=lambda msg: err.print(f"note: {msg}", markup=False))
+                          say=lambda msg: err.print(f"note: {msg}", markup=False), shape=parse_shapes(shape))
     _print(report)
     write_report(json_path, report.to_dict(), inputs=[], outputs=[("index", out_dir / "index.html")],
                  threads=threads)
@@ -86,14 +88,14 @@ def demo(
         raise typer.Exit(report.exit_code)
 
 
-def _dry_run(names: tuple[str, ...], base) -> None:
+def _dry_run(names: tuple[str, ...], base, shape) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     from ..demo_job import DemoRow, check_plan
 
     with err.status("preparing the demo models", spinner="dots") as status:
-        plan = check_plan(names, base, say=lambda msg: status.update(msg))
+        plan = check_plan(names, base, say=lambda msg: status.update(msg), shape=shape)
     table = Table(title="deploy demo --dry-run: the pipelines it would run")
     for col in ("model", "spec", "tune / certify on", "batch", "pruning", "budget", "ready"):
         table.add_column(col)

