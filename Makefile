@@ -34,8 +34,12 @@ test-slow: setup
 
 # The main job: `deploy pipeline` on the demo models (digits-resnet, repvgg_a0, ppocr-cls), results/index.html.
 DEMO_ARGS ?=
+# Then each model's manifest is proven again as CI would (`deploy verify`: hashes and certificates).
 demo: setup
 	$(VENV)/bin/deploy demo --out results $(DEMO_ARGS)
+	@for m in results/*/manifest.json; do \
+		$(VENV)/bin/deploy verify $$m --no-latency | tail -n 1 || exit 1; \
+	done
 
 # The latency suite: each model's backends interleaved as one group (ratios: ort-cpu over torch-cpu).
 BENCH_MODELS ?= resnet18 resnet50 mobilenet_v2 mobilenet_v3_large shufflenet_v2_x1_0
