@@ -141,12 +141,19 @@ def render_index(demo) -> str:
 <p class="sub">Each model went through <code>deploy pipeline</code>: exported (certified equal), exact passes, int8,
 pruning where the PyTorch model is at hand; every candidate certified on held-out samples that tuned nothing and
 timed interleaved against the fp32 export. What ships is the fastest candidate within the budget.
-{len(demo.rows)} model(s) in {demo.seconds:.0f} s on {_e(platform.processor() or platform.machine())}.</p>
+{len(demo.rows)} model(s) in {demo.seconds:.0f} s on {_e(_machine())}.</p>
 <table>{head}{''.join(body)}</table>
 {''.join(sections)}
 <footer>Made by <code>deploy demo --out {_e(demo.folder)}</code> (<code>make demo</code>).</footer>
 </main></body></html>
 """
+
+
+def _machine() -> str:
+    from .environment import cpu_info, default_threads
+
+    model = cpu_info().get("model") or platform.machine()
+    return f"{model}, {default_threads()} threads"
 
 
 def render_markdown(demo) -> str:

@@ -19,7 +19,6 @@ labels by construction.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

@@ -21,7 +21,8 @@ def demo(
     = Path("results"),
     models: Annotated[str, typer.Option(help="Comma-separated: digits-resnet / digits-repvgg (trained here on "
                       "scikit-learn's digits, labelled), ppocr-cls (PaddleOCR's text-direction classifier, fetched "
-                      "by `make setup`), any zoo name (bundled photos), file.py:factory (with --shape) or an .onnx file.")]
+                      "by `make setup`), any zoo name (bundled photos), file.py:factory (with --shape) or an .onnx "
+                      "file.")]
     = "digits-resnet,repvgg_a0,ppocr-cls",
     backend: Annotated[str, typer.Option(help="Backends each pipeline times and chooses for, comma-separated: "
                        "ort-cpu, ort-cuda, trt.")] = "ort-cpu",
