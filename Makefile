@@ -33,12 +33,15 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 # The main job: `deploy pipeline` on the demo models (digits-resnet, repvgg_a0, ppocr-cls), results/index.html.
+# Then the manifest of each model it ran (listed in demo.json) is proven again as CI would: `deploy verify`,
+# hashes and certificates.
+DEMO_OUT  ?= results
 DEMO_ARGS ?=
-# Then each model's manifest is proven again as CI would (`deploy verify`: hashes and certificates).
 demo: setup
-	$(VENV)/bin/deploy demo --out results $(DEMO_ARGS)
-	@for m in results/*/manifest.json; do \
-		$(VENV)/bin/deploy verify $$m --no-latency | tail -n 1 || exit 1; \
+	$(VENV)/bin/deploy demo --out $(DEMO_OUT) $(DEMO_ARGS)
+	@$(PY) -c 'import json, sys; [print(m["folder"]) for m in json.load(sys.stdin)["models"] if m.get("folder")]' \
+		< $(DEMO_OUT)/demo.json | while read -r folder; do \
+		$(VENV)/bin/deploy verify $(DEMO_OUT)/$$folder/manifest.json --no-latency | tail -n 1 || exit 1; \
 	done
 
 # The latency suite: each model's backends interleaved as one group (ratios: ort-cpu over torch-cpu).

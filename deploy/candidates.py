@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .certify import Budget, Certificate
-from .errors import DeployError
+from .errors import DeployError, internal_error_text
 from .files import sha256_file
 
 # The backends a pipeline times (its candidates are ONNX files) and the quantization target of each.
@@ -232,8 +232,6 @@ def attempt(build: Callable[[], Candidate], name: str, precision: str, parent: s
     except Exception as error:  # a bug or a library failure in one candidate: said, not fatal to the others
         if os.environ.get("DEPLOY_DEBUG"):
             raise
-        text = (str(error).strip().splitlines() or [""])[0][:240]
-        crashed = not_built(name, precision, parent, f"internal error {type(error).__name__}: {text} (a bug in "
-                                                     f"deploy; DEPLOY_DEBUG=1 shows the traceback)")
+        crashed = not_built(name, precision, parent, internal_error_text(error))
         crashed.details["internal_error"] = True  # a bug, not a refusal: the demo exits 4 on it
         return crashed

@@ -9,7 +9,6 @@ preset or budget, or was not built, is a row with its reason, never a crash.
 
 from __future__ import annotations
 
-import html
 import math
 import platform
 from pathlib import Path
@@ -17,10 +16,7 @@ from pathlib import Path
 from .files import write_text_atomic
 from .report import write_json
 from .report_html import CSS
-
-
-def _e(text) -> str:
-    return html.escape(str(text), quote=True)
+from .report_html import _e as _e
 
 
 def quality_words(cert, labels: bool) -> str:
@@ -37,14 +33,24 @@ def quality_words(cert, labels: bool) -> str:
     return f"centred SQNR {sq}"
 
 
+def _times(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
+
+
 def _speed(t, baseline: bool) -> str:
+    """'1.49× [1.34–1.59]': how many times faster than the fp32 export, with the paired ratio's interval."""
+    from .demo_job import speedup
+
     if baseline:
         return "1 (baseline)"
-    return f"{1 / t.ratio:.2f}× [{1 / t.high:.2f}–{1 / t.low:.2f}]"
+    return f"{_times(speedup(t.ratio))}× [{_times(speedup(t.high))}–{_times(speedup(t.low))}]"
 
 
 def ship_rows(demo) -> list[dict]:
-    """One row per model and backend (one per model that did not run): the figures the index leads with."""
+    """One row per model and backend (one per model that did not run): the figures the index leads with,
+    from :func:`deploy.demo_job.shipped` (what demo.json records)."""
+    from .demo_job import shipped
+
     rows = []
     for r in demo.rows:
         if r.report is None:
@@ -57,14 +63,15 @@ def ship_rows(demo) -> list[dict]:
             row = {"model": r.model, "backend": f"{backend}, batch {rep.options.batch}",
                    "budget": rep.options.budget.describe(labels),
                    "verdict": r.verdict(), "seconds": r.seconds, "why": choice.why}
-            if choice.chosen is None:
+            ships = shipped(rep, backend)
+            if ships["chosen"] is None:
                 row.update({"ships": "nothing within the budget", "speed": "—", "quality": "—"})
             else:
-                cand = next(c for c in rep.candidates if c.name == choice.chosen)
-                t = rep.timings[backend][choice.chosen]
-                row.update({"ships": cand.file, "speed": _speed(t, choice.chosen == "fp32"),
+                cand = next(c for c in rep.candidates if c.name == ships["chosen"])
+                timing = rep.timings[backend][cand.name]
+                row.update({"ships": ships["file"], "speed": _speed(timing, cand.name == "fp32"),
                             "quality": quality_words(cand.certificate, labels)})
-                if choice.chosen != "fp32" and t.low <= 1 <= t.high:
+                if cand.name != "fp32" and not ships["beyond_noise"]:
                     row["speed"] += " (within the noise)"
             if r.internal:
                 row["why"] = "internal error in " + "; ".join(r.internal)
@@ -141,7 +148,7 @@ def render_index(demo) -> str:
 <p class="sub">Each model went through <code>deploy pipeline</code>: exported (certified equal), exact passes, int8,
 pruning where the PyTorch model is at hand; every candidate certified on held-out samples that tuned nothing and
 timed interleaved against the fp32 export. What ships is the fastest candidate within the budget.
-{len(demo.rows)} model(s) in {demo.seconds:.0f} s on {_e(_machine())}.</p>
+{len(demo.rows)} model(s) in {demo.seconds:.0f} s on {_e(_machine(demo.threads))}.</p>
 <table>{head}{''.join(body)}</table>
 {''.join(sections)}
 <footer>Made by <code>deploy demo --out {_e(demo.folder)}</code> (<code>make demo</code>).</footer>
@@ -149,11 +156,11 @@ timed interleaved against the fp32 export. What ships is the fastest candidate w
 """
 
 
-def _machine() -> str:
+def _machine(threads: int | None) -> str:
     from .environment import cpu_info, default_threads
 
     model = cpu_info().get("model") or platform.machine()
-    return f"{model}, {default_threads()} threads"
+    return f"{model}, {threads or default_threads()} threads"
 
 
 def render_markdown(demo) -> str:

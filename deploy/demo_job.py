@@ -18,13 +18,14 @@ text-line crops).
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, BadInputError, DeployError
+from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, BadInputError, DeployError, internal_error_text
 from .pipeline import PipelineOptions, PipelineReport, run_pipeline
 
 DEFAULT_MODELS = ("digits-resnet", "repvgg_a0", "ppocr-cls")
@@ -80,6 +81,7 @@ class DemoReport:
     folder: str
     rows: list[DemoRow]
     seconds: float
+    threads: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -104,22 +106,28 @@ class DemoReport:
                 "models": [r.to_dict() for r in self.rows]}
 
 
+def speedup(ratio: float) -> float | None:
+    """Latency ratio to fp32 → how many times faster (None for a ratio that is not a positive number)."""
+    return 1 / ratio if ratio > 0 and math.isfinite(ratio) else None
+
+
 def shipped(report: PipelineReport, backend: str) -> dict:
-    """What ships on ``backend``: the chosen candidate, its speed-up over the fp32 export with the interval,
-    and its measured quality on the held-out data."""
+    """What ships on ``backend``: the chosen candidate, its speed-up over the fp32 export with the interval
+    of the paired ratio, and its measured quality on the held-out data (non-finite figures are null, as in
+    the manifest)."""
     choice = report.choices[backend]
     if choice.chosen is None:
         return {"chosen": None, "why": choice.why}
     t = report.timings[backend][choice.chosen]
     cand = next(c for c in report.candidates if c.name == choice.chosen)
-    cert = cand.certificate
     out = {"chosen": choice.chosen, "file": cand.file, "precision": cand.precision, "why": choice.why,
-           "speedup": 1 / t.ratio, "speedup_low": 1 / t.high, "speedup_high": 1 / t.low, "median_ms": t.median_ms,
-           "beyond_noise": not (t.low <= 1 <= t.high)}
-    if cert is not None:
-        metric, value = cert.metric()
-        out.update({"quality_metric": metric, "quality": value, "reference_accuracy": cert.reference_accuracy,
-                    "drop": cert.drop, "centred_sqnr_db": cert.centred_sqnr_db, "samples": cert.samples})
+           "batch": report.options.batch, "speedup": speedup(t.ratio), "speedup_low": speedup(t.high),
+           "speedup_high": speedup(t.low), "median_ms": t.median_ms, "beyond_noise": not (t.low <= 1 <= t.high)}
+    if cand.certificate is not None:
+        cert = cand.certificate.to_dict()
+        metric, _ = cand.certificate.metric()
+        out.update({"quality_metric": metric, "quality": cert[metric], "reference_accuracy": cert["reference_accuracy"],
+                    "drop": cert["drop"], "centred_sqnr_db": cert["centred_sqnr_db"], "samples": cert["samples"]})
     return out
 
 
@@ -132,7 +140,7 @@ def _ships_words(report: PipelineReport) -> str:
         elif s["chosen"] == "fp32":
             words.append(f"{backend} fp32")
         else:
-            words.append(f"{backend} {s['chosen']} {s['speedup']:.2f}×"
+            words.append(f"{backend} {s['chosen']} {s['speedup'] or 0:.2f}×"
                          + ("" if s["beyond_noise"] else " (within the noise)"))
     return ", ".join(words)
 
@@ -148,11 +156,55 @@ def _why_failed(row: DemoRow) -> str:
 # ------------------------------------------------------------------------------------------- the models
 
 
+RESERVED_FOLDERS = ("data",)  # the demo's own data folder under --out
+
+
+def check_names(names: tuple[str, ...]) -> None:
+    """Refuse, before any work, what cannot name a model: an unknown zoo name, an .onnx or .py file that is
+    not there (exit 2). What is named but fails later is a FAILED row instead."""
+    from .models import UnknownModelError, get_model_entry
+    from .spec import is_onnx_spec, split_call
+
+    if not names:
+        raise BadInputError("--models: give one or more models, e.g. digits-resnet,repvgg_a0,ppocr-cls")
+    for name in names:
+        if name == "ppocr-cls":
+            continue
+        if is_onnx_spec(name):
+            if not Path(name).is_file():
+                raise BadInputError(f"--models {name}: no such file")
+            continue
+        if ":" in name:
+            head = split_call(name)[0].rpartition(":")[0]
+            if head.endswith(".py") and not Path(head).is_file():
+                raise BadInputError(f"--models {name}: {head}: no such file")
+            continue
+        try:
+            get_model_entry(name)
+        except UnknownModelError as error:
+            raise BadInputError(f"--models {name}: {error}") from None
+
+
+def _unique_folders(items: list[DemoModel | DemoRow]) -> None:
+    """Two models never share a folder (a.onnx and b/a.onnx, a zoo name equal to a file's stem): the later
+    ones get -2, -3…; the demo's data folder is not a model's."""
+    taken = set(RESERVED_FOLDERS)
+    for item in items:
+        if not isinstance(item, DemoModel):
+            continue
+        base, n = item.name, 1
+        while item.name in taken:
+            n += 1
+            item.name = f"{base}-{n}"
+        taken.add(item.name)
+
+
 def plan_models(names: tuple[str, ...], data_dir: Path, base: PipelineOptions,
                 say: Callable[[str], None] = lambda _m: None, shape=None) -> list[DemoModel | DemoRow]:
     """Each name's pipeline, with its data written under ``data_dir``; a name that cannot be prepared is a
     FAILED row (its reason) rather than an error that stops the others. ``shape`` (``--shape``) is for the
     user's own models and ONNX files; the demo's own models know theirs."""
+    from .digits import MODELS as DIGITS_MODELS
     from .models import UnknownModelError, get_model_entry
     from .spec import is_onnx_spec
 
@@ -162,12 +214,12 @@ def plan_models(names: tuple[str, ...], data_dir: Path, base: PipelineOptions,
         try:
             if name == "ppocr-cls":
                 planned.append(_ppocr_cls(data_dir, base, say))
-            elif name.startswith("digits-"):
+            elif name in DIGITS_MODELS:  # trained here, labelled data
                 planned.append(_digits(name, data_dir, base, say))
             elif is_onnx_spec(name):
                 if not Path(name).is_file():
                     raise BadInputError(f"{name}: no such file")
-                planned.append(DemoModel(Path(name).stem, name, "your ONNX file on the bundled photos",
+                planned.append(DemoModel(_clean(Path(name).stem), name, "your ONNX file on the bundled photos",
                                          replace(base, prune_latency=()), shape=shape))
             elif ":" in name:  # the user's own code, pkg.module:factory or file.py:factory
                 planned.append(DemoModel(_folder_name(name), name, "your PyTorch model on the bundled photos",
@@ -180,16 +232,22 @@ def plan_models(names: tuple[str, ...], data_dir: Path, base: PipelineOptions,
         except Exception as error:  # a bug while preparing: named, and the others go on
             planned.append(DemoRow(name, "", "internal error", time.perf_counter() - start,
                                    reason=_internal(error)))
+    _unique_folders(planned)
     return planned
 
 
 def _folder_name(spec: str) -> str:
     """A folder name for a spec: 'models/net.py:build(width=2)' → 'net-build'."""
-    import re
-
     head, _, factory = spec.partition(":")
     stem = Path(head).stem if head.endswith(".py") else head.rsplit(".", 1)[-1]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{stem}-{factory.split('(')[0]}").strip("-") or "model"
+    return _clean(f"{stem}-{factory.split('(')[0]}")
+
+
+def _clean(name: str) -> str:
+    """A folder name that is one path component and a plain URL: letters, digits, '_', '.', '-'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "model"
 
 
 def check_plan(names: tuple[str, ...], base: PipelineOptions,
@@ -201,6 +259,7 @@ def check_plan(names: tuple[str, ...], base: PipelineOptions,
     from .pipeline import _validate
     from .spec import load_artifact
 
+    check_names(names)
     checked: list[DemoModel | DemoRow] = []
     with tempfile.TemporaryDirectory(prefix="deploy-demo-plan-") as tmp:
         for item in plan_models(names, Path(tmp), base, say, shape):
@@ -244,13 +303,13 @@ def _digits(name: str, data_dir: Path, base: PipelineOptions, say) -> DemoModel:
 
 
 def _ppocr_cls(data_dir: Path, base: PipelineOptions, say) -> DemoModel:
+    import numpy as np
+
     from . import ppocr
 
     path = ppocr.model_path("cls")
     say("ppocr-cls: cutting text lines out of scikit-image's page scan")
     tune, held = ppocr.write_orientation_npz(data_dir, input_name="x")
-    import numpy as np
-
     with np.load(tune) as t, np.load(held) as h:
         n_tune, n_held = len(t["y"]), len(h["y"])
     options = replace(base, data=str(tune), eval_data=str(held), samples=n_tune, eval_samples=n_held,
@@ -275,13 +334,13 @@ def run_demo(out_dir: Path, names: tuple[str, ...], base: PipelineOptions,
 
     tell = say or (lambda _m: None)
     start = time.perf_counter()
+    check_names(names)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data_dir = out_dir / "data"
     data_dir.mkdir(exist_ok=True)
     rows: list[DemoRow] = []
-    for item in plan_models(names, data_dir, base, say=lambda m: (progress or (lambda *_: None))(m, 0, 1, m),
-                            shape=shape):
+    for item in plan_models(names, data_dir, base, say=tell, shape=shape):
         if isinstance(item, DemoRow):
             rows.append(item)
             continue
@@ -289,7 +348,7 @@ def run_demo(out_dir: Path, names: tuple[str, ...], base: PipelineOptions,
         row = DemoRow(item.name, item.about, "ran", 0.0, trained=item.trained)
         try:
             artifact = load_artifact(item.spec, weights=item.weights, shape=item.shape)
-            set_preprocess(item.preprocess)
+            set_preprocess(item.preprocess or _stored_preprocess(artifact, tell))
             row.report = run_pipeline(artifact, out_dir / item.name, item.options,
                                       progress=lambda d, n, text, m=item.name: (progress or (lambda *_: None))(
                                           m, d, n, text),
@@ -304,9 +363,25 @@ def run_demo(out_dir: Path, names: tuple[str, ...], base: PipelineOptions,
             set_preprocess(None)
         row.seconds = time.perf_counter() - t0
         rows.append(row)
-    report = DemoReport(str(out_dir), rows, time.perf_counter() - start)
+    report = DemoReport(str(out_dir), rows, time.perf_counter() - start, base.threads)
     write_index(report, out_dir)
     return report
+
+
+def _stored_preprocess(artifact, tell):
+    """An ONNX file that deploy wrote carries its preprocessing: the demo uses it, as every verb does."""
+    from .calib.data import PreprocessSpec
+
+    stored = getattr(artifact, "preprocess", None)
+    if not stored:
+        return None
+    try:
+        spec = PreprocessSpec.from_json(stored)
+    except (ValueError, KeyError, TypeError):
+        tell(f"{artifact.label}: its stored preprocessing is unreadable; using the default")
+        return None
+    tell(f"preprocessing {spec.describe()}, as stored in {artifact.label}")
+    return spec
 
 
 def _line(error: BaseException) -> str:
@@ -318,5 +393,4 @@ def _internal(error: BaseException) -> str:
 
     if os.environ.get("DEPLOY_DEBUG"):
         traceback.print_exception(error)
-    return f"internal error {type(error).__name__}: {_line(error)[:240]} (a bug in deploy; DEPLOY_DEBUG=1 shows the " \
-           f"traceback)"
+    return internal_error_text(error)

@@ -36,3 +36,9 @@ class CheckFailedError(DeployError):
     """An artifact is not equivalent to its reference within tolerance."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+def internal_error_text(error: BaseException) -> str:
+    """How a bug in deploy is said, everywhere (CLI, a crashed candidate, a demo row): one line, exit 4."""
+    text = (str(error).strip().splitlines() or [""])[0][:240]
+    return f"internal error {type(error).__name__}: {text} (a bug in deploy; DEPLOY_DEBUG=1 shows the traceback)"

@@ -3,6 +3,7 @@ that cannot run, exit 4 for a bug, and the real trained PaddleOCR classifier wit
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shlex
@@ -51,19 +52,35 @@ def test_the_makefile_demo_command_line_is_ready(cli, ppocr_models, tmp_path, mo
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
 
 
-def test_dry_run_names_what_is_not_ready(cli, tmp_path):
-    result = cli("demo", "--models", "tiny-resnet,no-such-net", "--out", tmp_path / "d", "--dry-run")
-    assert result.exit_code == 1
-    assert "FAILED demo --dry-run: no-such-net: unknown model" in result.stdout
-    assert not (tmp_path / "d").exists()
+@pytest.mark.parametrize("models", ["tiny-resnet,no-such-net", "missing.onnx", "missing.py:build"])
+@pytest.mark.parametrize("dry", [True, False])
+def test_what_names_no_model_is_refused_before_any_work(cli, tmp_path, models, dry):
+    result = cli("demo", "--models", models, "--out", tmp_path / "d", *(["--dry-run"] if dry else []))
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: --models ") and ("unknown model" in line or "no such file" in line)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_json_never_overwrites_a_model_or_the_demos_own_files(cli, tiny_onnx, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    before = model.read_bytes()
+    result = cli("demo", "--models", model, "--out", tmp_path / "d", "--json", model)
+    assert result.exit_code == 2 and model.read_bytes() == before
+    result = cli("demo", "--models", model, "--out", tmp_path, "--json", tmp_path / "index.html")
+    assert result.exit_code == 2 and "writes that file itself" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 @pytest.fixture(scope="module")
-def demo_run(cli, tmp_path_factory, ppocr_models):
-    """A small demo: a zoo model, the real OCR classifier, and a model whose export cannot work."""
+def demo_run(cli, tmp_path_factory, tiny_onnx, ppocr_models):
+    """A small demo: a zoo model, the real OCR classifier, a model whose export cannot work, and an ONNX file
+    whose stem is the zoo model's name (its folder must not be the zoo model's)."""
     out = tmp_path_factory.mktemp("demo") / "results"
-    result = cli("demo", "--models", f"tiny-resnet,ppocr-cls,{BROKEN}", "--shape", "1,3,32,32", "--out", out, *FAST,
-                 "--json", out.parent / "demo-run.json")
+    assert tiny_onnx.stem == "tiny-resnet"
+    result = cli("demo", "--models", f"tiny-resnet,ppocr-cls,{BROKEN},{tiny_onnx}", "--shape", "1,3,32,32",
+                 "--out", out, *FAST, "--json", out.parent / "demo-run.json")
     return out, result
 
 
@@ -71,22 +88,26 @@ def test_a_model_that_cannot_run_is_a_failed_row_not_a_crash(demo_run):
     out, result = demo_run
     assert result.exit_code == 1, result.output + result.stderr
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("FAILED demo: 1 of 3 model(s) — broken-spectral:") and "fft_rfft2" in last
+    assert last.startswith("FAILED demo: 1 of 4 model(s) — broken-spectral:") and "torch.onnx.export failed" in last
     assert "Traceback" not in result.output + result.stderr
     report = json.loads((out / "demo.json").read_text())
     rows = {m["model"]: m for m in report["models"]}
     assert rows["broken-spectral"]["verdict"] == "FAILED" and "not supported" in rows["broken-spectral"]["reason"]
-    assert rows["tiny-resnet"]["verdict"] == rows["ppocr-cls"]["verdict"] == "PASSED"
+    assert {rows[m]["verdict"] for m in ("tiny-resnet", "ppocr-cls", "tiny-resnet-2")} == {"PASSED"}
+    assert rows["tiny-resnet-2"]["folder"] == "tiny-resnet-2" and (out / "tiny-resnet-2" / "manifest.json").is_file()
     assert report["exit_code"] == 1 and not report["passed"]
     page = (out / "index.html").read_text()
-    assert "broken-spectral" in page and "fft_rfft2" in page and "FAILED" in page
+    assert "broken-spectral" in page and "torch.onnx.export failed" in page and "FAILED" in page
+    run = json.loads((out.parent / "demo-run.json").read_text())  # --json: the same rows, with provenance
+    assert [m["model"] for m in run["models"]] == [m["model"] for m in report["models"]]
+    assert run["provenance"]["command"] == "demo" and run["exit_code"] == 1
 
 
 def test_each_model_ran_the_pipeline_and_the_index_links_its_proof(cli, demo_run):
     out, _ = demo_run
     report = json.loads((out / "demo.json").read_text())
     page = (out / "index.html").read_text()
-    for name in ("tiny-resnet", "ppocr-cls"):
+    for name in ("tiny-resnet", "ppocr-cls", "tiny-resnet-2"):
         manifest = json.loads((out / name / "manifest.json").read_text())
         choice = manifest["choices"]["ort-cpu"]["chosen"]
         row = next(m for m in report["models"] if m["model"] == name)
@@ -94,13 +115,14 @@ def test_each_model_ran_the_pipeline_and_the_index_links_its_proof(cli, demo_run
         assert f"{name}/report.html" in page and f"{name}/manifest.json" in page
         verified = cli("verify", out / name / "manifest.json", "--no-latency")
         assert verified.exit_code == 0, verified.output
-    # a stage that misses its budget is a row with its reason: tiny-resnet's int8 on 16 seeded-weight samples
+    # every candidate is a row with its verdict, whatever it was: chosen, slower, over budget or not built
     tiny = json.loads((out / "tiny-resnet" / "manifest.json").read_text())
-    int8 = next(c for c in tiny["candidates"] if c["name"] == "int8")
-    assert int8["built"]
-    if not int8["within_budget"]:
-        assert "over budget: " in page
-    assert "not built: ONNX Runtime" in page  # fp16 on ort-cpu: said why, as a row
+    section = page[page.index("id='tiny-resnet'"):page.index("id='ppocr-cls'")]
+    for c in tiny["candidates"]:
+        assert f"<b>{c['name']}</b>" in section
+        why = tiny["choices"]["ort-cpu"]["why_not"].get(c["name"])
+        assert "chosen" in section if why is None else html.escape(why, quote=True) in section
+    assert "not built: ONNX Runtime" in section  # fp16 on ort-cpu: said why, as a row
 
 
 def test_the_real_ocr_classifier_keeps_its_accuracy_in_what_ships(demo_run):
@@ -117,6 +139,35 @@ def test_the_real_ocr_classifier_keeps_its_accuracy_in_what_ships(demo_run):
     stored = {p.key: p.value for p in chosen.metadata_props}
     spec = json.loads(stored["deploy.preprocess"])
     assert spec["bgr"] and spec["fit"] == "stretch" and spec["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_a_file_deploy_wrote_keeps_its_stored_preprocessing(cli, demo_run, tmp_path):
+    import onnx
+
+    out, _ = demo_run
+    result = cli("demo", "--models", out / "ppocr-cls" / "fp32.onnx", "--shape", "1,3,48,192",
+                 "--out", tmp_path / "again", *FAST)
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "preprocessing symmetric stretch BGR, as stored in" in result.stderr
+    written = onnx.load(str(tmp_path / "again" / "fp32" / "fp32.onnx"))
+    spec = json.loads({p.key: p.value for p in written.metadata_props}["deploy.preprocess"])
+    assert spec["bgr"] and spec["fit"] == "stretch"
+
+
+def test_a_crashed_candidate_is_exit_4_with_model_and_candidate_named(cli, tmp_path, monkeypatch):
+    import deploy.pipeline
+
+    def planted(*_args, **_kwargs):  # a deliberate bug in one candidate's builder
+        raise KeyError("planted")
+
+    monkeypatch.setattr(deploy.pipeline, "build_quantized", planted)
+    out = tmp_path / "r"
+    result = cli("demo", "--models", "tiny-resnet", "--out", out, *FAST)
+    assert result.exit_code == 4, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("FAILED demo: 1 of 1 model(s) — tiny-resnet: int8: internal error KeyError")
+    row = json.loads((out / "demo.json").read_text())["models"][0]
+    assert row["verdict"] == "INTERNAL ERROR" and row["internal_errors"][0].startswith("int8: internal error")
 
 
 def test_a_bug_is_exit_4_with_the_model_named(cli, tmp_path, monkeypatch):

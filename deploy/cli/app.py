@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__
-from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError
+from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError, internal_error_text
 
 app = typer.Typer(
     name="deploy",
@@ -89,9 +89,7 @@ def handle_errors(fn):
         except Exception as error:
             if os.environ.get("DEPLOY_DEBUG"):
                 raise
-            text = (str(error).strip().splitlines() or [""])[0][:240]
-            typer.echo(f"error: internal error {type(error).__name__}: {text} (a bug in deploy; DEPLOY_DEBUG=1 "
-                       f"shows the traceback)", err=True)
+            typer.echo(f"error: {internal_error_text(error)}", err=True)
             raise typer.Exit(EXIT_INTERNAL) from None
         finally:
             _current.reset(token)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .app import err, out, resolve_threads, verb, write_report
+from .app import err, guard, out, resolve_threads, spec_inputs, verb, write_report
 from .options import Json, Samples, Shape, Threads, examples
 
 
@@ -37,8 +37,9 @@ def demo(
     threads: Threads = None,
     json_path: Json = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Prepare and load every model (data, weights, "
-                       "fetched files) and print the plan; run nothing and write nothing. Exit 1 when a model "
-                       "could not be prepared.")] = False,
+                       "fetched files) and print the plan; run no pipeline and write nothing under --out (the "
+                       "digits nets are trained into the cache if not there). Exit 1 when a model could not be "
+                       "prepared, 4 on a bug.")] = False,
 ) -> None:
     """The main job on CPU: `deploy pipeline` on each demo model, then OUT/index.html linking every report.
 
@@ -51,16 +52,19 @@ def demo(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..demo_job import run_demo
+    from ..demo_job import check_names, run_demo
     from ..errors import BadInputError
     from ..pipeline import PipelineOptions, _validate, check_backends
     from ..spec import parse_shapes
 
     names = tuple(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
-    if not names:
-        raise BadInputError("--models: give one or more models, e.g. digits-resnet,repvgg_a0,ppocr-cls")
+    check_names(names)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInputError(f"--out {out_dir}: a file is there; give a folder")
+    if json_path is not None and json_path.resolve().parent == out_dir.resolve() and \
+            json_path.name in ("index.html", "demo.json", "demo.md"):
+        raise BadInputError(f"--json {json_path}: the demo writes that file itself; give another name")
+    guard([pair for name in names for pair in spec_inputs("model", name)], [("--json", json_path)])
     threads = resolve_threads(threads)
     base = PipelineOptions(backends=tuple(b.strip() for b in backend.split(",") if b.strip()), max_drop=max_drop,
                            samples=samples, eval_samples=eval_samples, min_time=min_time, threads=threads,
@@ -100,10 +104,11 @@ def _dry_run(names: tuple[str, ...], base, shape) -> None:
     table = Table(title="deploy demo --dry-run: the pipelines it would run")
     for col in ("model", "spec", "tune / certify on", "batch", "pruning", "budget", "ready"):
         table.add_column(col)
-    failed = []
+    failed, internal = [], False
     for item in plan:
         if isinstance(item, DemoRow):
             failed.append(f"{item.model}: {item.reason}")
+            internal = internal or item.status == "internal error"
             table.add_row(item.model, "—", "—", "—", "—", "—", f"[red]{escape(item.reason or '')}[/]")
             continue
         o = item.options
@@ -115,7 +120,7 @@ def _dry_run(names: tuple[str, ...], base, shape) -> None:
     out.print(table)
     if failed:
         typer.echo(f"FAILED demo --dry-run: {'; '.join(failed)}")
-        raise typer.Exit(4 if any("internal error" in f for f in failed) else 1)
+        raise typer.Exit(4 if internal else 1)
     typer.echo(f"PASSED demo --dry-run: {len(plan)} model(s) ready")
 
 
