@@ -144,13 +144,24 @@ class QuantizeReport:
 
     @property
     def passed(self) -> bool:
-        return self.budget_met is not False and (not self.preset_failures or self.allowed_poor)
+        """The budget (if any) and deploy check's preset both met: never true for a POOR file."""
+        return self.budget_met is not False and not self.preset_failures
+
+    @property
+    def accepted(self) -> bool:
+        """Written and exit 0: passed, or POOR under --allow-poor (the budget, if any, still met)."""
+        return self.passed or (self.budget_met is not False and self.allowed_poor)
+
+    @property
+    def verdict(self) -> str:
+        return "PASSED" if self.passed else ("POOR" if self.accepted else "FAILED")
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("scores", "final")}
         out["scores"] = [s.to_dict() for s in self.scores]
         out["final"] = self.final.to_dict() if self.final else None
         out["passed"] = self.passed
+        out["verdict"] = self.verdict
         out["seconds"] = {k: round(v, 3) for k, v in self.seconds.items()}
         return out
 
@@ -168,7 +179,7 @@ class QuantizeReport:
         if self.kept_float:
             parts.append(f"{len(self.kept_float)} layer(s) kept in float")
         text = ", ".join(p for p in parts if p)
-        if self.passed and self.preset_failures:
+        if self.verdict == "POOR":
             return (f"POOR {self.output}: written because of --allow-poor, but it misses the {self.precision} preset "
                     f"of deploy check ({'; '.join(self.preset_failures)}): {text}")
         if self.passed:
@@ -408,7 +419,7 @@ def quantize_artifact(
         tmp_path = tmp_dir / output.name
         save_onnx(model, tmp_path)
         report.bytes_after = tmp_path.stat().st_size
-        if not report.passed and not options.keep_failed:
+        if not report.accepted and not options.keep_failed:
             report.seconds["total"] = time.perf_counter() - start
             return report
         finalize(tmp_dir, tmp_path, output)

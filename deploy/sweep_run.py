@@ -93,7 +93,7 @@ def _record(cell: Cell, status: str, result: dict | None, error: str | None, sta
     if result_path.is_file():
         try:
             data = json.loads(result_path.read_text())
-            summary = {k: data[k] for k in ("passed", "summary", "chosen", "output") if k in data}
+            summary = {k: data[k] for k in ("passed", "verdict", "summary", "chosen", "output") if k in data}
         except (OSError, json.JSONDecodeError):
             summary = None
     record = {"cell": cell.key, "model": cell.model, "verb": cell.verb, "backend": cell.backend,

@@ -226,9 +226,11 @@ def test_an_int8_that_misses_the_preset_fails_unless_allowed(cli, tiny_onnx, tmp
     result = cli(*args)
     assert result.exit_code == 1 and not out.exists()
     assert result.output.splitlines()[-1].startswith(f"FAILED {out}: misses the int8 preset of deploy check")
-    result = cli(*args, "--allow-poor")
+    result = cli(*args, "--allow-poor", "--json", tmp_path / "poor.json")
     assert result.exit_code == 0 and out.exists()
     assert result.output.splitlines()[-1].startswith(f"POOR {out}: written because of --allow-poor")
+    report = json.loads((tmp_path / "poor.json").read_text())
+    assert report["passed"] is False and report["verdict"] == "POOR" and report["preset_failures"]
 
 
 def test_scores_of_class_like_outputs_rank_by_agreement_first():

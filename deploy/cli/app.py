@@ -241,10 +241,12 @@ def write_report(json_path: Path | None, data: dict, *, inputs=(), outputs=(), t
 
 def finish(report, json_path: Path | None, *, inputs=(), outputs=(), threads: int | None = None,
            extra: dict | None = None) -> None:
-    """The end of a judging verb: the JSON report when asked, the one-line verdict, exit 1 when not passed."""
+    """The end of a judging verb: the JSON report when asked, the one-line verdict, exit 1 when not passed
+    (a report with ``accepted``, quantize's, exits 0 on a POOR file the user allowed; its JSON still says
+    ``"passed": false``)."""
     write_report(json_path, {**report.to_dict(), **(extra or {})}, inputs=inputs, outputs=outputs, threads=threads)
     typer.echo(report.summary())
-    if not report.passed:
+    if not getattr(report, "accepted", report.passed):
         raise typer.Exit(1)
 
 
