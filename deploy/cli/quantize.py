@@ -79,6 +79,9 @@ def quantize(
                                              "check`'s preset for its precision on the held-out data (int8: "
                                              "cosine ≥ 0.99, every channel ≥ 3 dB), with a loud POOR line and "
                                              "exit 0. Default: such a file is FAILED, exit 1, not written.")] = False,
+    mixed: Annotated[bool, typer.Option("--mixed/--no-mixed", help="With no budget: when the tournament's best "
+                     "misses deploy check's int8 preset, keep the most sensitive layers in float, one at a time, "
+                     "until it holds (mixed precision). --no-mixed judges the tournament's best as it is.")] = True,
     json_path: Json = None,
     old_calib: OldCalib = None,
     old_batch: OldBatch = None,
@@ -89,8 +92,9 @@ def quantize(
     quantizes; each range method is derived from them and, with --method auto, scored on held-out data by
     top-1 agreement (accuracy with labelled .npz data) and mean-centred SQNR; the best is written. With a
     budget (--max-drop/--min-sqnr) that is missed, layers are ranked by sensitivity and the most sensitive
-    kept in float until it holds; when nothing meets it, the last line is FAILED, the exit code 1, and no
-    file is written unless --keep-failed.
+    kept in float until it holds; with no budget, the same mixed precision aims at deploy check's int8 preset
+    (--no-mixed to skip it). When nothing meets it, the last line is FAILED, the exit code 1, and no file is
+    written unless --keep-failed.
     """
     from ..quantize import QuantizeOptions, quantize_artifact, table_path_for
     from ..report import print_quantize
@@ -110,7 +114,7 @@ def quantize(
         eval_samples=eval_samples, counts_given=(samples, eval_samples) != (128, 64), batch=run_batch,
         max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
         threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()),
-        keep_failed=keep_failed, allow_poor=allow_poor)
+        keep_failed=keep_failed, allow_poor=allow_poor, aim_preset=mixed)
     with err.status("quantizing", spinner="dots") as status:
         report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
     print_quantize(report, out)
