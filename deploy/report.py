@@ -160,8 +160,8 @@ def print_quantize(report, console: Console) -> None:
                 figures.append(f"accuracy {step['accuracy']:.2f} %")
             verdict = "meets the int8 preset" if not step["preset_failures"] else "; ".join(step["preset_failures"])
             console.print(f"{step['step']}: {', '.join(figures)} — {verdict}", markup=False)
-    if report.int8_weight_share is not None and report.kept_float:
-        console.print(f"int8 keeps {report.int8_weight_share:.1%} of the quantizable layers' weights", markup=False)
+    if report.int8_mac_share is not None and report.kept_float:
+        console.print(f"int8 keeps {report.int8_mac_share:.1%} of the quantizable layers' MACs", markup=False)
     if report.integer_kernels:
         console.print(runs_as(report.integer_kernels.get("ops", {})), markup=False)
     if report.latency:
