@@ -204,6 +204,81 @@ def write_orientation_npz(folder: Path, input_name: str = "x") -> tuple[Path, Pa
     return paths[0], paths[1]
 
 
+# ------------------------------------------------------------------------------------------- det and rec
+
+REC_HEIGHT = 48  # PP-OCRv4 rec: 3×48×W, W free (PaddleOCR pads lines to 320 and wider lines widen the batch)
+DET_SIZE = 320  # PP-OCRv4 det: any multiple of 32
+
+
+def _paddle(image, size: tuple[int, int]) -> np.ndarray:
+    """PIL image → (3, H, W): stretched to ``size`` (h, w), BGR, (x/255 − 0.5)/0.5 (PaddleOCR's rec and det)."""
+    from .calib.data import Preprocess
+
+    return Preprocess(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="BGR", fit="stretch")(image)
+
+
+def text_line_images(gray: np.ndarray) -> list[np.ndarray]:
+    """Each whole text line of a grey scan with a quarter of its height of margin, as uint8 (H, W)."""
+    lines = []
+    for y0, y1 in text_lines(gray):
+        pad = max(2, (y1 - y0) // 4)
+        lines.append(np.ascontiguousarray(gray[max(0, y0 - pad):min(gray.shape[0], y1 + pad)]))
+    return lines
+
+
+def rec_input(line: np.ndarray, width: int | None = None) -> np.ndarray:
+    """One text line for the recognizer, (1, 3, 48, W): W keeps the line's aspect unless ``width`` is given."""
+    from PIL import Image
+
+    image = Image.fromarray(line)
+    w = width or int(np.ceil(REC_HEIGHT * image.width / image.height))
+    return _paddle(image, (REC_HEIGHT, w))[None]
+
+
+def rec_characters(path: Path) -> list[str]:
+    """The recognizer's classes: CTC blank, its dictionary (stored in the file's metadata), then a space."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    text = next((p.value for p in model.metadata_props if p.key == "character"), None)
+    if text is None:
+        raise BadInputError(f"{path}: no 'character' metadata: not a PaddleOCR recognizer")
+    return ["", *text.splitlines(), " "]
+
+
+def ctc_decode(probs: np.ndarray, characters: list[str]) -> str:
+    """Greedy CTC: the best class per time step, repeats merged, blanks (class 0) dropped."""
+    best = probs.argmax(axis=-1)
+    keep = np.r_[True, best[1:] != best[:-1]] & (best != 0)
+    return "".join(characters[i] for i in best[keep])
+
+
+def rec_data(width: int = 320, aspects: tuple[float, ...] = (5.5, 6.67, 8.0)) -> np.ndarray:
+    """Windows along the text lines of scikit-image's ``page`` for the recognizer at 48×``width`` (stretched)."""
+    import skimage.data
+    from PIL import Image
+
+    crops = text_line_crops(skimage.data.page(), aspects=aspects)
+    return np.stack([_paddle(Image.fromarray(c.pixels), (REC_HEIGHT, width)) for c in crops]).astype(np.float32)
+
+
+def det_data(n: int = 96, size: int = DET_SIZE, seed: int = 0) -> np.ndarray:
+    """``n`` crops of scikit-image's ``page`` (45–100 % of its height, aspect 1–2) stretched to size×size."""
+    import skimage.data
+    from PIL import Image
+
+    page = skimage.data.page()
+    height, width = page.shape
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h = int(height * rng.uniform(0.45, 1.0))
+        w = min(width, int(h * rng.uniform(1.0, 2.0)))
+        y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+        out.append(_paddle(Image.fromarray(page[y:y + h, x:x + w]), (size, size)))
+    return np.stack(out).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args != ["fetch"]:

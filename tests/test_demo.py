@@ -223,3 +223,33 @@ def test_text_lines_are_found_on_the_page_scan():
     lines = ppocr.text_lines(skimage.data.page())
     assert 6 <= len(lines) <= 9  # the heading, five lines of body text, the code line
     assert all(8 <= y1 - y0 <= 30 for y0, y1 in lines)
+
+
+def test_the_real_recognizer_reads_the_page(ppocr_models):
+    """PP-OCRv4 rec, as shipped, on the text lines of scikit-image's page scan: real text comes out."""
+    import onnxruntime as ort
+    import skimage.data
+
+    path = ppocr.model_path("rec")
+    characters = ppocr.rec_characters(path)
+    assert len(characters) == 6625
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    lines = ppocr.text_line_images(skimage.data.page())
+    text = [ppocr.ctc_decode(session.run(None, {"x": ppocr.rec_input(line)})[0][0], characters) for line in lines]
+    assert text[0].replace(" ", "") == "Region-basedsegmentation"
+    assert "Let us first determine markers of the coins" in text[1]
+    data = ppocr.rec_data()
+    assert data.shape[1:] == (3, 48, 320) and len(data) >= 60
+
+
+def test_the_real_detector_finds_the_text(ppocr_models):
+    """PP-OCRv4 det on page crops: the probability map is high on the text lines and low between them."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(ppocr.model_path("det")), providers=["CPUExecutionProvider"])
+    x = ppocr.det_data(n=8)
+    assert x.shape == (8, 3, 320, 320)
+    maps = session.run(None, {"x": x})[0]
+    assert maps.shape == (8, 1, 320, 320)
+    text_share = (maps > 0.3).mean()
+    assert 0.05 < text_share < 0.6  # text covers part of a page crop, not none of it and not all of it
