@@ -33,8 +33,11 @@ class PreprocessSpec:
     channels RGB or BGR, a layout, and how the image is fitted to the input size.
 
     ``fit``: ``crop`` (resize the short side to size·256/224, centre-crop: ImageNet evaluation),
-    ``stretch`` (resize to the input size, aspect ignored), ``letterbox`` (resize to fit, pad with grey
-    114: YOLO-style detectors). ``layout`` None: told from the input shape."""
+    ``stretch`` (resize to the input size, aspect ignored), ``letterbox`` (resize to fit, pad with ``pad``
+    grey: YOLO-style detectors), placed by ``anchor`` (``center``, or ``top-left``: YOLOX and others pad
+    only the bottom and right). ``interp``: the resize filter (see :data:`INTERPOLATIONS`; Pillow's
+    ``bilinear`` smooths when it shrinks, OpenCV's ``cv2-linear`` does not, and the difference is what a
+    model trained on one sees as noise from the other). ``layout`` None: told from the input shape."""
 
     preset: str = "imagenet"
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -43,6 +46,9 @@ class PreprocessSpec:
     bgr: bool = False
     fit: str = "crop"
     layout: str | None = None
+    pad: int = 114
+    anchor: str = "center"
+    interp: str = "bilinear"
 
     def describe(self) -> str:
         parts = [self.preset] if self.preset != "custom" else [
@@ -54,17 +60,24 @@ class PreprocessSpec:
             parts.append("BGR")
         if self.layout:
             parts.append(self.layout)
+        if self.fit == "letterbox" and (self.pad, self.anchor) != (114, "center"):
+            parts.append(f"pad {self.pad} {self.anchor}")
+        if self.interp != "bilinear":
+            parts.append(self.interp)
         return " ".join(parts)
 
     def to_json(self) -> str:
         return json.dumps({"preset": self.preset, "mean": list(self.mean), "std": list(self.std),
-                           "scale": self.scale, "bgr": self.bgr, "fit": self.fit, "layout": self.layout})
+                           "scale": self.scale, "bgr": self.bgr, "fit": self.fit, "layout": self.layout,
+                           "pad": self.pad, "anchor": self.anchor, "interp": self.interp})
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
+        """Older files lack pad/anchor/interp: they meant grey 114, centred, Pillow's bilinear."""
         d = json.loads(text)
         return cls(d.get("preset", "custom"), tuple(d["mean"]), tuple(d["std"]), float(d.get("scale", 255.0)),
-                   bool(d.get("bgr", False)), d.get("fit", "crop"), d.get("layout"))
+                   bool(d.get("bgr", False)), d.get("fit", "crop"), d.get("layout"), int(d.get("pad", 114)),
+                   d.get("anchor", "center"), d.get("interp", "bilinear"))
 
 
 PREPROCESS_PRESETS = {
@@ -73,6 +86,11 @@ PREPROCESS_PRESETS = {
     "symmetric": PreprocessSpec("symmetric", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # (x/255 − 0.5) / 0.5 (Paddle)
 }
 FITS = ("crop", "stretch", "letterbox")
+ANCHORS = ("center", "top-left")
+# Pillow's filters (bilinear, bicubic and lanczos smooth over the source pixels a shrinking output pixel
+# covers; area is Pillow's box filter, which is OpenCV's INTER_AREA when shrinking) and OpenCV's
+# INTER_LINEAR / INTER_NEAREST (cv2-linear: 2×2 taps at (x + 0.5)·s − 0.5, no smoothing; cv2-nearest: floor(x·s)).
+INTERPOLATIONS = ("bilinear", "bicubic", "lanczos", "nearest", "area", "cv2-linear", "cv2-nearest")
 METADATA_KEY = "deploy.preprocess"
 
 # The preprocessing in force for this command: set once by the CLI (flags, else the artifact's stored
@@ -90,10 +108,17 @@ def current_preprocess() -> PreprocessSpec | None:
 
 def make_preprocess_spec(preset: str | None = None, mean: Sequence[float] | None = None,
                          std: Sequence[float] | None = None, scale: float | None = None, bgr: bool | None = None,
-                         fit: str | None = None, layout: str | None = None) -> PreprocessSpec | None:
+                         fit: str | None = None, layout: str | None = None, pad: int | None = None,
+                         anchor: str | None = None, interp: str | None = None) -> PreprocessSpec | None:
     """The spec the flags describe (None when no flag was given): a preset, then each flag over it."""
-    if all(v is None for v in (preset, mean, std, scale, bgr, fit, layout)):
+    if all(v is None for v in (preset, mean, std, scale, bgr, fit, layout, pad, anchor, interp)):
         return None
+    if pad is not None and not 0 <= pad <= 255:
+        raise DataSourceError(f"--pad {pad}: give the grey level letterbox pads with, 0 to 255 (YOLO: 114)")
+    if anchor is not None and anchor not in ANCHORS:
+        raise DataSourceError(f"--anchor {anchor}: choose from {', '.join(ANCHORS)}")
+    if interp is not None and interp not in INTERPOLATIONS:
+        raise DataSourceError(f"--interp {interp}: choose from {', '.join(INTERPOLATIONS)}")
     if preset is not None and preset not in PREPROCESS_PRESETS:
         raise DataSourceError(f"--preprocess {preset}: choose from {', '.join(PREPROCESS_PRESETS)}")
     spec = PREPROCESS_PRESETS[preset or "imagenet"]
@@ -112,7 +137,9 @@ def make_preprocess_spec(preset: str | None = None, mean: Sequence[float] | None
     return replace(spec, preset="custom" if custom else spec.preset,
                    mean=tuple(mean) if mean is not None else spec.mean, std=tuple(std) if std is not None else spec.std,
                    scale=scale if scale is not None else spec.scale, bgr=bool(bgr) if bgr is not None else spec.bgr,
-                   fit=fit or spec.fit, layout=layout.upper() if layout else spec.layout)
+                   fit=fit or spec.fit, layout=layout.upper() if layout else spec.layout,
+                   pad=spec.pad if pad is None else int(pad), anchor=anchor or spec.anchor,
+                   interp=interp or spec.interp)
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,9 @@ class Preprocess:
     channels: int = 3
     fit: str = "crop"  # crop | stretch | letterbox (see PreprocessSpec)
     scale: float = 255.0
+    pad: int = 114
+    anchor: str = "center"
+    interp: str = "bilinear"
 
     @classmethod
     def for_input_shape(cls, shape: Sequence[int], **overrides) -> Preprocess:
@@ -155,18 +185,19 @@ class Preprocess:
         h, w = self.size
         image = image.convert("RGB")
         if self.fit == "stretch":
-            image = image.resize((w, h), Image.BILINEAR)
-        elif self.fit == "letterbox":  # fit inside, pad the rest with grey 114 (YOLO's letterbox)
+            image = resize_image(image, (w, h), self.interp)
+        elif self.fit == "letterbox":  # fit inside, pad the rest (YOLO's letterbox: grey 114, centred)
             ratio = min(w / image.width, h / image.height)
-            inner = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
-                                 Image.BILINEAR)
-            image = Image.new("RGB", (w, h), (114, 114, 114))
-            image.paste(inner, ((w - inner.width) // 2, (h - inner.height) // 2))
+            inner = resize_image(image, (max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
+                                 self.interp)
+            image = Image.new("RGB", (w, h), (self.pad,) * 3)
+            at = (0, 0) if self.anchor == "top-left" else ((w - inner.width) // 2, (h - inner.height) // 2)
+            image.paste(inner, at)
         else:
             short = self.resize or round(min(h, w) * 256 / 224)
             scale = short / min(image.size)
             new_size = (max(w, round(image.width * scale)), max(h, round(image.height * scale)))
-            image = image.resize(new_size, Image.BILINEAR)
+            image = resize_image(image, new_size, self.interp)
             left, top = (image.width - w) // 2, (image.height - h) // 2
             image = image.crop((left, top, left + w, top + h))
         x = np.asarray(image, dtype=np.float32) / np.float32(self.scale)
@@ -176,6 +207,38 @@ class Preprocess:
             x = x[:, :, ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(2, 0, 1) if self.layout == "NCHW" else x, dtype=np.float32)
+
+
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS,
+                "nearest": Image.NEAREST, "area": Image.BOX}
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], interp: str = "bilinear") -> Image.Image:
+    """``image`` resized to ``size`` (width, height) with the filter ``interp`` (:data:`INTERPOLATIONS`)."""
+    if interp in _PIL_FILTERS:
+        return image.resize(size, _PIL_FILTERS[interp])
+    if interp not in ("cv2-linear", "cv2-nearest"):
+        raise DataSourceError(f"--interp {interp}: choose from {', '.join(INTERPOLATIONS)}")
+    a = np.asarray(image, dtype=np.float32)
+    (w, h), (height, width) = size, a.shape[:2]
+    if interp == "cv2-nearest":  # OpenCV INTER_NEAREST: source index floor(x · in/out)
+        ys = np.minimum((np.arange(h) * (height / h)).astype(np.int64), height - 1)
+        xs = np.minimum((np.arange(w) * (width / w)).astype(np.int64), width - 1)
+        return Image.fromarray(a[ys][:, xs].astype(np.uint8))
+    # OpenCV INTER_LINEAR: source coordinate (x + 0.5) · in/out − 0.5, clamped to the image, 2×2 taps
+    def taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        lo = np.floor(x).astype(np.int64)
+        return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
+
+    y0, y1, fy = taps(h, height)
+    x0, x1, fx = taps(w, width)
+    fx = fx[None, :, None] if a.ndim == 3 else fx[None, :]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x1] * fx
+    bottom = a[y1][:, x0] * (1 - fx) + a[y1][:, x1] * fx
+    fy = fy[:, None, None] if a.ndim == 3 else fy[:, None]
+    out = top * (1 - fy) + bottom * fy
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -455,7 +518,8 @@ def _image_preprocess(input_shape: Sequence[int | str]) -> Preprocess:
     if spec is None:
         return Preprocess.for_input_shape(shape, layout=layout)
     return Preprocess.for_input_shape(shape, layout=layout, mean=spec.mean, std=spec.std,
-                                      order="BGR" if spec.bgr else "RGB", fit=spec.fit, scale=spec.scale)
+                                      order="BGR" if spec.bgr else "RGB", fit=spec.fit, scale=spec.scale,
+                                      pad=spec.pad, anchor=spec.anchor, interp=spec.interp)
 
 
 def preprocess_text() -> str:

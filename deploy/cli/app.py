@@ -173,14 +173,16 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def preprocessing(preset: str | None, mean: str | None, std: str | None, scale: float | None, bgr: bool | None,
-                  fit: str | None, layout: str | None) -> None:
+                  fit: str | None, layout: str | None, pad: int | None = None, anchor: str | None = None,
+                  interp: str | None = None) -> None:
     """The command's image preprocessing from its flags (nothing given: a loaded file's stored one, else
     ImageNet's); written into the metadata of every ONNX file the command writes."""
     from ..calib.data import DataSourceError, make_preprocess_spec, set_preprocess
     from ..errors import BadInputError
 
     try:
-        spec = make_preprocess_spec(preset, _floats(mean, "--mean"), _floats(std, "--std"), scale, bgr, fit, layout)
+        spec = make_preprocess_spec(preset, _floats(mean, "--mean"), _floats(std, "--std"), scale, bgr, fit, layout,
+                                    pad, anchor, interp)
     except DataSourceError as error:
         raise BadInputError(str(error)) from None
     if spec is not None:

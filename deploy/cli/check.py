@@ -10,12 +10,15 @@ from .app import data_arg, data_file, err, finish, guard, load, out, preprocessi
 from .options import (
     Bgr,
     Data,
+    Interp,
     Json,
     Layout,
+    LetterboxAnchor,
     Mean,
     OldBatch,
     OldInputs,
     OldWeightsA,
+    Pad,
     Preprocess,
     Resize,
     RunBatch,
@@ -58,6 +61,9 @@ def check(
     bgr: Bgr = None,
     resize: Resize = None,
     layout: Layout = None,
+    pad: Pad = None,
+    anchor: LetterboxAnchor = None,
+    interp: Interp = None,
     samples: Samples = 8,
     run_batch: RunBatch = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
@@ -87,7 +93,7 @@ def check(
     run_batch = renamed(run_batch, old_batch, "--batch")
     inputs = [*spec_inputs("REFERENCE", reference), *spec_inputs("CANDIDATE", candidate), ("--weights", weights),
               ("--weights-b", weights_b), ("--data", data_file(data))]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
     guard(inputs, [("--json", json_path)])
     for name in (backend_a, backend_b):
         if name:

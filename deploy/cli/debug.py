@@ -25,9 +25,12 @@ from .app import (
 from .options import (
     Bgr,
     Data,
+    Interp,
     Json,
     Layout,
+    LetterboxAnchor,
     Mean,
+    Pad,
     Preprocess,
     Resize,
     RunBatch,
@@ -147,6 +150,9 @@ def debug(
     bgr: Bgr = None,
     resize: Resize = None,
     layout: Layout = None,
+    pad: Pad = None,
+    anchor: LetterboxAnchor = None,
+    interp: Interp = None,
     samples: Samples = 8,
     run_batch: RunBatch = None,
     seed: Annotated[int, typer.Option(help="Seed for random inputs.")] = 0,
@@ -174,7 +180,7 @@ def debug(
         raise BadInputError(f"--extract {extract}: folder {extract.parent} does not exist")
     if extract is not None and extract.exists() and not extract.is_dir():
         raise BadInputError(f"--extract {extract}: a file; give a folder")
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
     guard(inputs, [("--json", json_path), ("--plot", plot)])
     threads = resolve_threads(threads)
     a = load(reference, weights, shape)

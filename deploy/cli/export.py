@@ -26,10 +26,13 @@ from .options import (
     Bgr,
     Data,
     Dynamic,
+    Interp,
     Json,
     Layout,
+    LetterboxAnchor,
     Mean,
     OldInputs,
+    Pad,
     Preprocess,
     Resize,
     Samples,
@@ -68,6 +71,9 @@ def export(
     bgr: Bgr = None,
     resize: Resize = None,
     layout: Layout = None,
+    pad: Pad = None,
+    anchor: LetterboxAnchor = None,
+    interp: Interp = None,
     samples: Samples = 4,
     threads: Threads = None,
     json_path: Json = None,
@@ -85,7 +91,7 @@ def export(
     samples = renamed(samples, old_inputs, "--inputs", default=4)
     axes = parse_dynamic(dynamic, static)
     inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data))]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
     guard(inputs, [("-o", output), ("--json", json_path)])
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)

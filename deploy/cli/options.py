@@ -57,6 +57,14 @@ RESIZE = typer.Option("--resize", help="crop (the default: ImageNet evaluation),
                       "pad with grey 114, YOLO-style).", rich_help_panel="Preprocessing")
 LAYOUT = typer.Option("--layout", help="NCHW or NHWC (default: told from the input shape).",
                       rich_help_panel="Preprocessing")
+PAD = typer.Option("--pad", help="Grey level letterbox pads with, 0–255 (default 114, YOLO's).",
+                   rich_help_panel="Preprocessing")
+ANCHOR = typer.Option("--anchor", help="Where letterbox puts the image: center (default) or top-left (padding "
+                      "only bottom and right, as YOLOX does).", rich_help_panel="Preprocessing")
+INTERP = typer.Option("--interp", help="Resize filter: bilinear (the default, Pillow's: smooths when shrinking), "
+                      "bicubic, lanczos, nearest, area (OpenCV's INTER_AREA when shrinking), cv2-linear and "
+                      "cv2-nearest (OpenCV's INTER_LINEAR / INTER_NEAREST: what cv2.resize does by default).",
+                      rich_help_panel="Preprocessing")
 
 Weights = Annotated[str | None, WEIGHTS]
 WeightsB = Annotated[str | None, WEIGHTS_B]
@@ -75,11 +83,14 @@ Scale = Annotated[float | None, SCALE]
 Bgr = Annotated[bool | None, BGR]
 Resize = Annotated[str | None, RESIZE]
 Layout = Annotated[str | None, LAYOUT]
+Pad = Annotated[int | None, PAD]
+LetterboxAnchor = Annotated[str | None, ANCHOR]
+Interp = Annotated[str | None, INTERP]
 
 SHARED = {"weights": WEIGHTS, "weights_b": WEIGHTS_B, "shape": SHAPE, "data": DATA, "samples": SAMPLES,
           "run_batch": RUN_BATCH, "threads": THREADS, "json_path": JSON, "keep_failed": KEEP_FAILED,
           "dynamic": DYNAMIC, "preprocess": PREPROCESS, "mean": MEAN, "std": STD, "scale": SCALE, "bgr": BGR,
-          "resize": RESIZE, "layout": LAYOUT}
+          "resize": RESIZE, "layout": LAYOUT, "pad": PAD, "anchor": ANCHOR, "interp": INTERP}
 
 # --- the old spellings, hidden, for one release --------------------------------------------------------
 OLD_INPUTS = typer.Option("--inputs", hidden=True, help="Old name of --samples.")

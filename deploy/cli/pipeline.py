@@ -14,9 +14,12 @@ from .options import (
     DATA,
     Bgr,
     Data,
+    Interp,
     Json,
     Layout,
+    LetterboxAnchor,
     Mean,
+    Pad,
     Preprocess,
     Resize,
     Samples,
@@ -77,6 +80,9 @@ def pipeline(
     bgr: Bgr = None,
     resize: Resize = None,
     layout: Layout = None,
+    pad: Pad = None,
+    anchor: LetterboxAnchor = None,
+    interp: Interp = None,
     threads: Threads = None,
     json_path: Json = None,
 ) -> None:
@@ -106,7 +112,7 @@ def pipeline(
     _validate(options)
     check_backends(options.backends)
     _check_folder(output)
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
     guard(spec_inputs("model", model) + [("weights", weights), ("data", data_file(data)),
                                          ("eval", data_file(eval_data))],
           [("-o", output / "manifest.json" if output.is_dir() else output), ("--json", json_path)])

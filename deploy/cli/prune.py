@@ -13,9 +13,12 @@ from .app import data_arg, data_file, err, finish, guard, load, out, preprocessi
 from .options import (
     Bgr,
     Data,
+    Interp,
     Json,
     Layout,
+    LetterboxAnchor,
     Mean,
+    Pad,
     Preprocess,
     Resize,
     Samples,
@@ -67,6 +70,9 @@ def prune(
     bgr: Bgr = None,
     resize: Resize = None,
     layout: Layout = None,
+    pad: Pad = None,
+    anchor: LetterboxAnchor = None,
+    interp: Interp = None,
     samples: Samples = 64,
     recalibrate: Annotated[bool, typer.Option("--recalibrate-bn/--no-recalibrate-bn", help="Re-estimate BN "
                            "statistics on --data after pruning (no labels needed).")] = True,
@@ -128,7 +134,7 @@ def prune(
     inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data)),
               ("--finetune", data_file(finetune)), ("--eval", data_file(eval_data))]
     outputs = [("-o", output), ("weights", side), ("--json", json_path)]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
     guard(inputs, outputs)
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)

@@ -12,12 +12,15 @@ from .app import data_file, err, finish, guard, load, out, preprocessing, resolv
 from .options import (
     Bgr,
     Data,
+    Interp,
     Json,
     KeepFailed,
     Layout,
+    LetterboxAnchor,
     Mean,
     OldBatch,
     OldCalib,
+    Pad,
     Preprocess,
     Resize,
     RunBatch,
@@ -51,6 +54,9 @@ def quantize(
     bgr: Bgr = None,
     resize: Resize = None,
     layout: Layout = None,
+    pad: Pad = None,
+    anchor: LetterboxAnchor = None,
+    interp: Interp = None,
     samples: Samples = 128,
     method: Annotated[str, typer.Option(help="Range method: minmax, percentile (99.99), percentile-99.9, "
                       "percentile-99.999, entropy (TensorRT's KL), mse, or auto (all, from one histogram pass; "
@@ -105,7 +111,7 @@ def quantize(
               ("--eval", data_file(eval_data))]
     outputs = [("-o", output), ("ranges table", table_path_for(output) if precision == "int8" else None),
                ("--trt-cache", trt_cache), ("--json", json_path)]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout)
+    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
     guard(inputs, outputs)
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape)
