@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 
 from .files import write_text_atomic
+from .pareto import speed_text
 from .report import write_json
 from .report_html import CSS
 from .report_html import _e as _e
@@ -33,17 +34,8 @@ def quality_words(cert, labels: bool) -> str:
     return f"centred SQNR {sq}"
 
 
-def _times(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
 def _speed(t, baseline: bool) -> str:
-    """'1.49× [1.34–1.59]': how many times faster than the fp32 export, with the paired ratio's interval."""
-    from .demo_job import speedup
-
-    if baseline:
-        return "1 (baseline)"
-    return f"{_times(speedup(t.ratio))}× [{_times(speedup(t.high))}–{_times(speedup(t.low))}]"
+    return "1 (baseline)" if baseline else speed_text(t)
 
 
 def ship_rows(demo) -> list[dict]:

@@ -18,7 +18,6 @@ text-line crops).
 
 from __future__ import annotations
 
-import math
 import time
 import traceback
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, BadInputError, DeployError, internal_error_text
+from .pareto import speedup
 from .pipeline import PipelineOptions, PipelineReport, run_pipeline
 
 DEFAULT_MODELS = ("digits-resnet", "repvgg_a0", "ppocr-cls")
@@ -104,11 +104,6 @@ class DemoReport:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "exit_code": self.exit_code, "seconds": round(self.seconds, 1),
                 "models": [r.to_dict() for r in self.rows]}
-
-
-def speedup(ratio: float) -> float | None:
-    """Latency ratio to fp32 → how many times faster (None for a ratio that is not a positive number)."""
-    return 1 / ratio if ratio > 0 and math.isfinite(ratio) else None
 
 
 def shipped(report: PipelineReport, backend: str) -> dict:

@@ -42,6 +42,19 @@ class Choice:
                 "why_not": self.losers}
 
 
+def speedup(ratio: float) -> float | None:
+    """Latency ratio to fp32 → how many times faster (None for a ratio that is not a positive number)."""
+    return 1 / ratio if ratio > 0 and math.isfinite(ratio) else None
+
+
+def speed_text(t: Timing) -> str:
+    """'1.49× [1.34–1.59]': how many times faster than the fp32 export, with the paired ratio's interval."""
+    def times(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f}"
+
+    return f"{times(speedup(t.ratio))}× [{times(speedup(t.high))}–{times(speedup(t.low))}]"
+
+
 def quality(candidate: Candidate) -> float:
     if candidate.certificate is None:
         return -math.inf

@@ -152,15 +152,9 @@ def text_line_crops(gray: np.ndarray, aspects: tuple[float, ...] = (3.5, 4.0, 4.
     return crops
 
 
-def cls_preprocess():
-    """PaddleOCR's classifier input: BGR, (x/255 − 0.5)/0.5, stretched to 48×192 (see the module's note)."""
-    from .calib.data import Preprocess
-
-    return Preprocess(size=CLS_SHAPE[2:], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="BGR", fit="stretch")
-
-
 def cls_preprocess_spec():
-    """The same, as the spec the verbs store in the ONNX files they write."""
+    """PaddleOCR's preprocessing (cls, det and rec alike): BGR, (x/255 − 0.5)/0.5, stretched to the input
+    size (see the module's note), as the spec the verbs store in the ONNX files they write."""
     from .calib.data import make_preprocess_spec
 
     return make_preprocess_spec("symmetric", bgr=True, fit="stretch")
@@ -179,10 +173,9 @@ def orientation_data(image: str = "page") -> tuple[tuple[np.ndarray, np.ndarray]
     crops = text_line_crops(gray)
     if not crops:
         raise BadInputError(f"scikit-image '{image}': no text lines found")
-    prepare = cls_preprocess()
 
     def labelled(part: list[Crop]) -> tuple[np.ndarray, np.ndarray]:
-        upright = np.stack([prepare(Image.fromarray(c.pixels)) for c in part])
+        upright = np.stack([_paddle(Image.fromarray(c.pixels), CLS_SHAPE[2:]) for c in part])
         turned = np.ascontiguousarray(upright[:, :, ::-1, ::-1])  # 180°: both spatial axes reversed
         return (np.concatenate([upright, turned]).astype(np.float32),
                 np.concatenate([np.zeros(len(part)), np.ones(len(part))]).astype(np.int64))
@@ -211,10 +204,12 @@ DET_SIZE = 320  # PP-OCRv4 det: any multiple of 32
 
 
 def _paddle(image, size: tuple[int, int]) -> np.ndarray:
-    """PIL image → (3, H, W): stretched to ``size`` (h, w), BGR, (x/255 − 0.5)/0.5 (PaddleOCR's rec and det)."""
+    """PIL image → (3, H, W) by :func:`cls_preprocess_spec` at ``size`` (h, w)."""
     from .calib.data import Preprocess
 
-    return Preprocess(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), order="BGR", fit="stretch")(image)
+    spec = cls_preprocess_spec()
+    return Preprocess(size=tuple(size), mean=spec.mean, std=spec.std, order="BGR" if spec.bgr else "RGB",
+                      fit=spec.fit, scale=spec.scale)(image)
 
 
 def text_line_images(gray: np.ndarray) -> list[np.ndarray]:

@@ -531,7 +531,9 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     kept = set(keep)
     final_score = best
     report.budget = _budget_text(options, held.labels is not None)
-    report.steps.append(_step("tournament", best, judge.preset_failures(build(ranges, keep)[0], "int8"), 0))
+    tournament_failures = judge.preset_failures(build(ranges, keep)[0], "int8")
+    report.steps.append(_step("tournament", best, tournament_failures, 0))
+    macs = _layer_macs(fp32, plan, judge.feeds[0])
     if report.budget is not None:
         report.budget_met = _meets(judge, best, options)
         if not report.budget_met:
@@ -545,18 +547,17 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         t0 = time.perf_counter()
         kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say,
                                       meets=lambda model, _score: not judge.preset_failures(model, "int8"),
-                                      aim="deploy check's int8 preset",
-                                      macs=_layer_macs(fp32, plan, judge.feeds[0]))
+                                      aim="deploy check's int8 preset", macs=macs)
         report.seconds["mixed precision"] = time.perf_counter() - t0
     model, pass_report, final_plan = build(ranges, kept)
     report.final = final_score
-    report.preset_failures = judge.preset_failures(model, "int8")
+    # the tournament's file again when nothing went back to float: its verdict is already known
+    report.preset_failures = tournament_failures if kept == set(keep) else judge.preset_failures(model, "int8")
     report.allowed_poor = bool(report.preset_failures) and options.allow_poor
     report.kept_float = sorted(kept)
     if kept != set(keep):
         report.steps.append(_step(f"mixed precision ({len(kept - set(keep))} layer(s) in float)", final_score,
                                   report.preset_failures, len(kept - set(keep))))
-    macs = _layer_macs(fp32, plan, judge.feeds[0])
     total_macs = sum(macs.values())
     report.int8_mac_share = (sum(v for k, v in macs.items() if k not in kept) / total_macs) if total_macs else None
     report.pass_report = pass_report

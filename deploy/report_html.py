@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from .files import write_text_atomic
-from .pareto import quality
+from .pareto import quality, speed_text
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -170,7 +170,7 @@ def _table(report, backend: str) -> str:
         if t is not None:
             lat = (f"{t.median_ms:.3f} [{t.median_ms * t.low / t.ratio:.3f}–{t.median_ms * t.high / t.ratio:.3f}]"
                    if c.name != "fp32" else f"{t.median_ms:.3f}")
-            speed = "1 (baseline)" if c.name == "fp32" else f"{1 / t.ratio:.2f}× [{1 / t.high:.2f}–{1 / t.low:.2f}]"
+            speed = "1 (baseline)" if c.name == "fp32" else speed_text(t)
         else:
             lat, speed = "—", "—"
         if cert is None:

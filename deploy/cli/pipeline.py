@@ -138,6 +138,8 @@ def pipeline(
 def _print_table(report, fmt_db) -> None:
     from rich.table import Table
 
+    from ..pareto import speed_text
+
     labels = report.held_out.labels is not None
     for backend, choice in report.choices.items():
         timings = report.timings[backend]
@@ -153,7 +155,7 @@ def _print_table(report, fmt_db) -> None:
                                           (f"{cert.agreement:.1f}" if cert.agreement is not None else "—"))
             verdict = "[bold green]chosen[/]" if c.name == choice.chosen else choice.losers.get(c.name, "")
             table.add_row(c.name, f"{t.median_ms:.3f}" if t else "—",
-                          ("1" if c.name == "fp32" else f"{1 / t.ratio:.2f}× [{1 / t.high:.2f}–{1 / t.low:.2f}]")
+                          ("1" if c.name == "fp32" else speed_text(t))
                           if t else "—", q, fmt_db(cert.centred_sqnr_db) if cert else "—",
                           f"{c.bytes / 1e6:.2f}" if c.built else "—", verdict[:90])
         out.print(table)
