@@ -71,6 +71,15 @@ class BuildContext:
     tuning_file: Path | None = None  # the tuning samples as .npy (preprocessed, no labels), for pruning
 
 
+def load_candidate(path: Path, shape: tuple | None = None):
+    """A candidate file as an artifact whose free dims are filled from ``shape`` (the model input's shape as
+    the pipeline was given it: an ONNX input with dynamic height and width is read at that size)."""
+    from .spec import load_onnx_artifact
+
+    given = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape) if shape else None
+    return load_onnx_artifact(path, shape=given)
+
+
 def finish(candidate: Candidate, ctx: BuildContext, path: Path, start: float,
            extras: tuple[str, ...] = ()) -> Candidate:
     candidate.file = path.name
@@ -149,8 +158,6 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
     """int8 (tournament, fallback under the budget) or fp16 of ``source``, scored by quantize on the tail
     of the tuning data; the pipeline certifies it afterwards on its own held-out data."""
     from .quantize import QuantizeOptions, quantize_artifact
-    from .spec import load_onnx_artifact
-
     start = time.perf_counter()
     c = Candidate(name, precision, source.name)
     path = ctx.folder / f"{name}.onnx"
@@ -159,13 +166,14 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
                               eval_samples=held, counts_given=True, max_drop=ctx.budget.max_drop,
                               min_sqnr=ctx.budget.min_sqnr, keep_failed=False, allow_poor=True, measure=False,
                               threads=ctx.threads)
-    report = quantize_artifact(load_onnx_artifact(ctx.folder / source.file), path, options,
+    shape = ctx.artifact.input_shape
+    report = quantize_artifact(load_candidate(ctx.folder / source.file, shape), path, options,
                                progress=lambda msg, **_kw: ctx.say(msg))
     unmet = None
     if not report.written:  # no fallback met the budget on the tuning data: the plain one, for the chart
         unmet = (f"the fallback missed the budget on the tuning data even with {len(report.kept_float)} layer(s) "
                  f"in float; this is the {precision} with no budget, so the chart shows what {precision} costs")
-        report = quantize_artifact(load_onnx_artifact(ctx.folder / source.file), path,
+        report = quantize_artifact(load_candidate(ctx.folder / source.file, shape), path,
                                    replace(options, max_drop=None, min_sqnr=None),
                                    progress=lambda msg, **_kw: ctx.say(msg))
     if precision == "int8":

@@ -125,6 +125,11 @@ class Certifier:
         return np.concatenate([run({name: self.array[i:i + self.batch]})[first]
                                for i in range(0, len(self.array), self.batch)])
 
+    @property
+    def has_top1(self) -> bool:
+        """Whether the first output is a classifier's, (N, classes): what a top-1 budget needs."""
+        return self.reference.ndim == 2 and self.reference.shape[1] > 1
+
     def _accuracy(self, logits: np.ndarray) -> float | None:
         if self.labels is None or logits.ndim != 2:
             return None

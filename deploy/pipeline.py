@@ -188,10 +188,9 @@ def time_candidates(backend: str, files: list[tuple[str, Path]], batch: int, min
     ``shape``: the model input's shape as the pipeline was given it; it fills dims the files leave free
     (an ONNX input whose height and width are dynamic, timed at the size it was certified at)."""
     from .bench import BenchConfig, run_bench
-    from .spec import load_onnx_artifact
+    from .candidates import load_candidate
 
-    given = tuple(d if isinstance(d, int) and d > 0 else 1 for d in shape) if shape else None
-    specs = [(name, load_onnx_artifact(path, shape=given)) for name, path in files]
+    specs = [(name, load_candidate(path, shape)) for name, path in files]
     config = BenchConfig(batches=(batch,), threads=threads, min_runs=20, min_time=min_time, memory="off")
     report = run_bench(specs, [backend], config, tick)
     out = {}
@@ -257,6 +256,8 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         notes: list[str] = []
         step("fp32: export, certified equal to the original")
         fp32 = build_fp32(ctx)
+        certifier = Certifier(work / fp32.file, held.array, held.labels, options.threads)
+        _check_budget_fits(options, certifier)
         advance()
         step("fused: exact passes, certified equal")
         fused = attempt(lambda: build_fused(ctx), "fused", "fp32", "fp32")
@@ -304,7 +305,6 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
                               if (c.precision != "int8" or c.details.get("target") == QUANT_TARGETS[b])
                               and (c.precision != "fp16" or b in FP16_BACKENDS)]
         step(f"certificates: {sum(c.built for c in candidates)} candidates on {len(held.array)} held-out samples")
-        certifier = Certifier(work / fp32.file, held.array, held.labels, options.threads)
         for c in candidates:
             if c.built:
                 detail(c.name)
@@ -333,6 +333,17 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_budget_fits(options: PipelineOptions, certifier: Certifier) -> None:
+    """A top-1 budget (given, or the default) on an output that has no top-1 would put every candidate, fp32
+    included, over budget: refuse it before any candidate is built, naming the budget that fits."""
+    if options.budget.max_drop is None or certifier.has_top1:
+        return
+    shape = "×".join(str(d) for d in certifier.reference.shape[1:])
+    given = "--max-drop" if options.max_drop is not None else "the default budget (top-1 points)"
+    raise BadInputError(f"{given} needs a classifier output (samples × classes); the first output is "
+                        f"{shape} per sample: give the budget as --min-sqnr DB (centred SQNR against fp32, e.g. 25)")
 
 
 def _tuning_file(data: str, tuning: int, artifact, scratch: Path) -> Path:

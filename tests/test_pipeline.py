@@ -207,3 +207,27 @@ def test_an_earlier_pipeline_folder_is_replaced_whole(tmp_path):
     _move_into_place(work, old)
     assert sorted(p.name for p in old.iterdir()) == ["manifest.json"] and "new" in (old / "manifest.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_top1_budget_on_a_map_output_is_refused_before_candidates(cli, tmp_path):
+    """A text-map head (N, 1, H, W) has no top-1: --max-drop (or the default budget) would put fp32 itself over
+    budget. The pipeline says which budget fits, right after the export, and leaves no folder."""
+    model = f"{ROOT / 'tests' / 'fixtures' / 'heads.py'}:textmap"
+    for budget in (["--max-drop", "1"], []):
+        result = cli("pipeline", model, "--shape", "1,3,64,64", "-o", tmp_path / "o", *budget, *FAST)
+        assert result.exit_code == 2, result.output
+        assert "needs a classifier output" in result.stderr and "--min-sqnr" in result.stderr
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
+
+
+def test_an_onnx_file_with_free_height_and_width_gets_every_candidate(cli, tmp_path):
+    """Exported with dynamic height and width, given --shape: int8 is built and every candidate timed there."""
+    path = tmp_path / "dyn.onnx"
+    assert cli("export", "tiny-resnet", "-o", path, "--dynamic", "batch,height,width").exit_code == 0
+    out = tmp_path / "p"
+    result = cli("pipeline", path, "--shape", "1,3,32,32", "-o", out, "--max-drop", "100", *FAST)
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = _manifest(out)
+    int8 = next(c for c in manifest["candidates"] if c["name"] == "int8")
+    assert int8["built"], int8["why_not"]
+    assert set(manifest["latency"]["ort-cpu"]["results"]) >= {"fp32", "fused", "int8"}

@@ -28,6 +28,8 @@ def demo(
                        "ort-cpu, ort-cuda, trt.")] = "ort-cpu",
     max_drop: Annotated[float, typer.Option(help="Budget for every model: top-1 points lost on held-out data "
                         "(accuracy where the data is labelled, else disagreement with fp32).")] = 1.0,
+    min_sqnr: Annotated[float | None, typer.Option(help="Budget as mean-centred SQNR against fp32, dB, instead of "
+                        "--max-drop: for models whose output is not a classifier's (detectors, maps).")] = None,
     shape: Shape = None,
     samples: Samples = 256,
     eval_samples: Annotated[int, typer.Option(help="Held-out samples each candidate is certified on (zoo models "
@@ -66,7 +68,8 @@ def demo(
         raise BadInputError(f"--json {json_path}: the demo writes that file itself; give another name")
     guard([pair for name in names for pair in spec_inputs("model", name)], [("--json", json_path)])
     threads = resolve_threads(threads)
-    base = PipelineOptions(backends=tuple(b.strip() for b in backend.split(",") if b.strip()), max_drop=max_drop,
+    base = PipelineOptions(backends=tuple(b.strip() for b in backend.split(",") if b.strip()),
+                           max_drop=None if min_sqnr is not None else max_drop, min_sqnr=min_sqnr,
                            samples=samples, eval_samples=eval_samples, min_time=min_time, threads=threads,
                            command=["deploy", *sys.argv[1:]])
     _validate(base)
@@ -116,7 +119,8 @@ def _dry_run(names: tuple[str, ...], base, shape) -> None:
             else f"{o.data} ({o.samples} tune, {o.eval_samples} certify)"
         table.add_row(item.name, escape(item.spec if len(item.spec) < 60 else "…" + item.spec[-57:]), data,
                       str(o.batch), ", ".join(f"{t:g}" for t in o.prune_latency) or "none",
-                      f"drop ≤ {o.max_drop:g} points", "[green]yes[/]")
+                      f"drop ≤ {o.max_drop:g} points" if o.max_drop is not None else f"SQNR ≥ {o.min_sqnr:g} dB",
+                      "[green]yes[/]")
     out.print(table)
     if failed:
         typer.echo(f"FAILED demo --dry-run: {'; '.join(failed)}")
