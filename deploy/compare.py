@@ -15,6 +15,22 @@ Metrics (a = reference, b = candidate, per output, over all samples):
              over samples and positions — a dead score channel next to large box coordinates cannot
              hide in the whole output's cosine; worst_channel names it
   top1     = share of samples whose argmax agrees (2-D outputs of several classes)
+
+Signal, not silence. The worst-channel rule exists to catch a score channel that int8 killed; a channel
+that carries nothing on the data (a class absent from the images: its sigmoid scores ~0 everywhere) has an
+SQNR of −∞ dB from one quantization step of noise. So a *score* channel (every fp32 value in [0, 1], the
+range a uint8 score is quantized over, one step = 1/255) whose fp32 values all stay below SILENT_STEPS
+steps is silent: it is judged in steps, not dB — int8 must keep each of its values within SILENT_STEPS
+steps of fp32 (a false score of 0.5 on an absent class still fails), and silent_channels counts them.
+A killed live channel (fp32 scores up to 0.9, int8 0) is never silent.
+
+Probability outputs. When every position of an output is a distribution over the feature axis (values in
+[0, 1] summing to 1: a softmax), cosine measures the wrong thing — near-uniform distributions have a high
+cosine whatever happens, confident ones a low one for a harmless 0.9 → 0.8. The preset then judges the
+total variation distance TV = ½·Σ|p − q| (the probability mass moved, which bounds how far any decision
+made from the distribution can move) at its 95th percentile over positions (tv_p95) in place of the cosine;
+cosine 0.99 on a confident two-way output allows TV ≈ 0.12, so int8's max_tv = 0.1 is no looser.
+top1_positions is the share of positions whose argmax agrees (for a (N, T, classes) sequence: per step).
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ class Tolerance:
     min_sqnr_db: float | None = None
     min_top1: float | None = None
     min_channel_sqnr_db: float | None = None
+    max_tv: float | None = None  # probability outputs only: judged instead of min_cosine (module docstring)
 
     def describe(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -51,9 +68,12 @@ PRESETS: dict[str, Tolerance] = {
     "fp16": Tolerance(min_cosine=0.9999, min_sqnr_db=40.0, min_channel_sqnr_db=20.0),
     # a channel at 3 dB keeps about half its signal: a collapsed score channel (0 dB when zeroed) fails,
     # a rarely active class of a healthy int8 classifier (resnet18: 8 dB on 8 photos) passes
-    "int8": Tolerance(min_cosine=0.99, min_channel_sqnr_db=3.0),
+    "int8": Tolerance(min_cosine=0.99, min_channel_sqnr_db=3.0, max_tv=0.1),
 }
 NEAR_ZERO = 1e-6
+SCORE_STEP = 1.0 / 255.0  # one step of a uint8 score over [0, 1]
+SILENT_STEPS = 2.0  # a score channel below this many steps in fp32 carries no signal int8 can represent
+DISTRIBUTION_SUM = 1e-3  # |Σp − 1| at every position: the output is a probability distribution
 
 
 def parse_tolerance_overrides(items: list[str]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -93,6 +113,10 @@ class OutputDiff:
     near_zero: int = 0  # samples whose reference is ~0, left out of the cosine
     channel_sqnr_db: float | None = None
     worst_channel: int | None = None
+    silent_channels: int = 0  # score channels below SILENT_STEPS steps in fp32, judged in steps (docstring)
+    distribution_axis: int | None = None  # the axis a probability output sums to 1 along
+    tv_p95: float | None = None  # 95th percentile of the total variation distance per position
+    top1_positions: float | None = None  # share of positions whose argmax agrees (probability outputs)
 
     @property
     def passed(self) -> bool:
@@ -145,17 +169,27 @@ def diff_output(name: str, a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -
     top1 = None
     if a64.ndim == 2 and a64.shape[1] > 1:
         top1 = float((a64.argmax(axis=1) == b64.argmax(axis=1)).mean())
-    channel_db, worst = channel_sqnr(a64, err)
+    dist_axis = distribution_axis(a64)
+    channel_db, worst, silent = channel_sqnr(a64, err, dist_axis)
     diff = OutputDiff(name, list(a.shape), max_abs, max_rel, cosine, sqnr, centred, top1, tolerance,
                       cosine_median=float(np.median(judged)), cosine_min=float(per_sample.min()),
                       near_zero=int(near_zero.sum()) if (~near_zero).any() else 0, channel_sqnr_db=channel_db,
-                      worst_channel=worst)
+                      worst_channel=worst, silent_channels=silent, distribution_axis=dist_axis)
+    if dist_axis is not None:
+        p, q = np.moveaxis(a64, dist_axis, -1), np.moveaxis(b64, dist_axis, -1)
+        tv = 0.5 * np.abs(p - q).sum(axis=-1)
+        diff.tv_p95 = float(np.percentile(tv, 95))
+        diff.top1_positions = float((p.argmax(-1) == q.argmax(-1)).mean())
     t = tolerance
     if t.max_rel is not None and not max_rel <= t.max_rel:
         diff.failures.append(f"max_rel {max_rel:.3g} > {t.max_rel:g}")
     if t.max_abs is not None and not max_abs <= t.max_abs:
         diff.failures.append(f"max_abs {max_abs:.3g} > {t.max_abs:g}")
-    if t.min_cosine is not None and not cosine >= t.min_cosine:
+    if dist_axis is not None and t.max_tv is not None:  # a probability output: mass moved, not cosine
+        if not diff.tv_p95 <= t.max_tv:
+            diff.failures.append(f"probability moved (total variation, 95th percentile) {diff.tv_p95:.3f} > "
+                                 f"{t.max_tv:g}")
+    elif t.min_cosine is not None and not cosine >= t.min_cosine:
         diff.failures.append(f"cosine {cosine:.6f} < {t.min_cosine:g}")
     if t.min_sqnr_db is not None and not sqnr >= t.min_sqnr_db:
         diff.failures.append(f"sqnr {sqnr:.1f} dB < {t.min_sqnr_db:g}")
@@ -177,18 +211,32 @@ def feature_axis(shape: tuple[int, ...]) -> int | None:
     return axis if shape[axis] > 1 else None
 
 
-def channel_sqnr(a: np.ndarray, err: np.ndarray) -> tuple[float | None, int | None]:
-    """(lowest per-channel SQNR in dB, its channel) along :func:`feature_axis`; a channel whose reference is
-    all zero counts only if the candidate is not (then −∞)."""
-    axis = feature_axis(a.shape)
+def distribution_axis(a: np.ndarray) -> int | None:
+    """The axis along which every position of ``a`` is a probability distribution (values in [0, 1] summing to
+    1 within DISTRIBUTION_SUM): the last axis, else :func:`feature_axis`; None when there is none."""
+    if a.ndim < 2 or a.size == 0 or a.min() < 0.0 or a.max() > 1.0 + DISTRIBUTION_SUM:
+        return None
+    for axis in dict.fromkeys((a.ndim - 1, feature_axis(a.shape))):
+        if axis is not None and a.shape[axis] > 1 and np.all(np.abs(a.sum(axis=axis) - 1.0) <= DISTRIBUTION_SUM):
+            return axis
+    return None
+
+
+def channel_sqnr(a: np.ndarray, err: np.ndarray, axis: int | None = None) -> tuple[float | None, int | None, int]:
+    """(lowest per-channel SQNR in dB, its channel, silent channels) along ``axis`` (default
+    :func:`feature_axis`). A channel whose reference is all zero counts only if the candidate is not (then −∞).
+    A silent score channel (module docstring) whose error stays within SILENT_STEPS steps is left out."""
+    axis = feature_axis(a.shape) if axis is None else axis
     if axis is None or a.size == 0:
-        return None, None
+        return None, None, 0
     other = tuple(i for i in range(a.ndim) if i != axis)
     signal = (a ** 2).sum(axis=other)
     noise = (err ** 2).sum(axis=other)
-    values = [_db(float(s), float(e)) for s, e in zip(signal, noise)]
+    silent = ((a.min(axis=other) >= 0.0) & (np.abs(a).max(axis=other) < SILENT_STEPS * SCORE_STEP)
+              & (np.abs(err).max(axis=other) <= SILENT_STEPS * SCORE_STEP))
+    values = [math.inf if quiet else _db(float(s), float(e)) for s, e, quiet in zip(signal, noise, silent)]
     worst = int(np.argmin(values))
-    return values[worst], worst
+    return values[worst], worst, int(silent.sum())
 
 
 @dataclass

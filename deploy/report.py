@@ -74,9 +74,23 @@ def compare_table(report: CompareReport) -> Table:
     return table
 
 
+def judged_as(o) -> list[str]:
+    """How an output was judged where the preset adapts to what it carries (compare's module docstring)."""
+    lines = []
+    if o.distribution_axis is not None and o.tv_p95 is not None:
+        lines.append(f"{o.name} is a probability output (sums to 1 along axis {o.distribution_axis}): judged by the "
+                     f"probability mass moved, total variation {o.tv_p95:.3f} at the 95th percentile of positions"
+                     f"{'' if o.tolerance.max_tv is None else f' (at most {o.tolerance.max_tv:g})'}; the argmax "
+                     f"agrees at {100 * o.top1_positions:.1f} % of positions")
+    if o.silent_channels:
+        lines.append(f"{o.name}: {o.silent_channels} score channel(s) carry no signal on this data (fp32 below 2/255 "
+                     f"everywhere, e.g. a class absent from the inputs): judged in uint8 steps, each within 2")
+    return lines
+
+
 def print_compare(report: CompareReport, console: Console) -> None:
     console.print(compare_table(report))
-    for note in report.notes:
+    for note in [*report.notes, *(line for o in report.outputs for line in judged_as(o))]:
         console.print(f"note: {note}", markup=False)
 
 

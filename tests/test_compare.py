@@ -125,3 +125,48 @@ def test_tolerance_overrides():
     assert verdict == {"logits": True, "aux": False}
     with pytest.raises(BadInputError):
         compare_outputs(a, b, "fp32", ["nosuch:max_rel=1"])
+
+
+def _yolo_head(rng, classes: int = 5, anchors: int = 400) -> np.ndarray:
+    """(2, 4 + classes, anchors): boxes in pixels, then sigmoid scores; class 4+classes−1 is absent (~1e-4)."""
+    boxes = rng.uniform(0, 640, (2, 4, anchors))
+    scores = 1 / (1 + np.exp(-rng.normal(-4, 2, (2, classes, anchors))))
+    scores[:, -1] = 1 / (1 + np.exp(-rng.normal(-9, 0.5, (2, anchors))))  # a class absent from the images
+    return np.concatenate([boxes, scores], axis=1)
+
+
+def test_a_class_absent_from_the_data_is_judged_in_steps_not_decibels():
+    rng = np.random.default_rng(6)
+    a = _yolo_head(rng)
+    assert a[:, -1].max() < 2 / 255
+    b = a.copy()
+    b[:, 4:] = np.clip(np.round(a[:, 4:] * 255 + rng.uniform(-0.6, 0.6, a[:, 4:].shape)) / 255, 0, 1)  # uint8 scores
+    d = diff_output("y", a, b, PRESETS["int8"])
+    assert d.passed and d.silent_channels == 1, d.failures  # one uint8 step of noise on ~0 is not a dead class
+    assert diff_output("y", a, b, Tolerance(min_channel_sqnr_db=3.0)).silent_channels == 1
+    false_alarm = b.copy()
+    false_alarm[0, -1, 7] = 0.5  # int8 invents a score of 0.5 on the absent class: not silence any more
+    d = diff_output("y", a, false_alarm, PRESETS["int8"])
+    assert not d.passed and d.worst_channel == a.shape[1] - 1 and d.silent_channels == 0
+    dead = b.copy()
+    dead[:, 4:-1] = 0.0  # the live classes killed: they fail whatever the absent one does
+    d = diff_output("y", a, dead, PRESETS["int8"])
+    assert not d.passed and 4 <= d.worst_channel < a.shape[1] - 1
+
+
+def test_a_softmax_output_is_judged_by_the_probability_mass_moved():
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 0.3, (64, 4))  # a 4-way orientation classifier, nearly uniform
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    noisy = logits + rng.normal(0, 0.05, logits.shape)
+    q = np.exp(noisy) / np.exp(noisy).sum(1, keepdims=True)
+    d = diff_output("p", p, q, PRESETS["int8"])
+    assert d.distribution_axis == 1 and d.tv_p95 < 0.05 and d.passed, d.failures
+    swapped = q[:, ::-1].copy()  # every decision changed: a lot of mass moves
+    d = diff_output("p", p, swapped, PRESETS["int8"])
+    assert not d.passed and "total variation" in d.failures[0]
+    seq_logits = rng.normal(0, 4, (3, 40, 30))  # a CTC recognizer's (N, steps, classes) softmax
+    seq = np.exp(seq_logits) / np.exp(seq_logits).sum(2, keepdims=True)
+    d = diff_output("p", seq, seq, PRESETS["int8"])
+    assert d.distribution_axis == 2 and d.tv_p95 == 0.0 and d.top1_positions == 1.0 and d.passed
+    assert diff_output("y", np.abs(logits), np.abs(noisy), PRESETS["int8"]).distribution_axis is None

@@ -48,11 +48,13 @@ def check(
                          "(default: torch-cpu for models, ort-cpu for .onnx). `deploy backends` lists them.")] = None,
     backend_b: Annotated[str | None, typer.Option("--backend-b", help="Backend for the candidate.")] = None,
     precision: Annotated[str, typer.Option(help="Tolerance preset: fp32 (max rel ≤ 1e-5), fp16 (cosine ≥ 0.9999, "
-                         "SQNR ≥ 40 dB, every channel ≥ 20 dB), int8 (cosine ≥ 0.99, every channel ≥ 3 dB). "
-                         "Cosine is the 5th percentile over samples.")] = "fp32",
+                         "SQNR ≥ 40 dB, every channel ≥ 20 dB), int8 (cosine ≥ 0.99, every channel ≥ 3 dB; "
+                         "a softmax output: total variation ≤ 0.1 instead of cosine). Cosine is the 5th "
+                         "percentile over samples; score channels silent on the data (< 2/255) are judged within 2 "
+                         "steps.")] = "fp32",
     tol: Annotated[list[str] | None, typer.Option("--tol", help="Override a threshold, for all outputs or one: "
                    "max_rel=1e-4, logits:min_cosine=0.999. Keys: max_rel, max_abs, min_cosine, min_sqnr_db, "
-                   "min_top1. Repeatable.")] = None,
+                   "min_top1, min_channel_sqnr_db, max_tv. Repeatable.")] = None,
     data: Data = "auto",
     preprocess: Preprocess = None,
     mean: Mean = None,
