@@ -88,6 +88,12 @@ def quantize(
     mixed: Annotated[bool, typer.Option("--mixed/--no-mixed", help="With no budget: when the tournament's best "
                      "misses deploy check's int8 preset, keep the most sensitive layers in float, one at a time, "
                      "until it holds (mixed precision). --no-mixed judges the tournament's best as it is.")] = True,
+    tier2: Annotated[bool, typer.Option("--tier2/--no-tier2", help="When the tournament's best misses the aim "
+                     "(budget or preset): second-tier PTQ before mixed precision — GPTQ weight rounding and "
+                     "empirical bias correction on the calibration data, each kept only when the held-out score "
+                     "improves.")] = True,
+    time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds tier 2 may take (it stops "
+                           "between layers and says so). Default: no limit.")] = None,
     json_path: Json = None,
     old_calib: OldCalib = None,
     old_batch: OldBatch = None,
@@ -120,7 +126,7 @@ def quantize(
         eval_samples=eval_samples, counts_given=(samples, eval_samples) != (128, 64), batch=run_batch,
         max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
         threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()),
-        keep_failed=keep_failed, allow_poor=allow_poor, aim_preset=mixed)
+        keep_failed=keep_failed, allow_poor=allow_poor, aim_preset=mixed, tier2=tier2, time_budget=time_budget)
     with err.status("quantizing", spinner="dots") as status:
         report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
     print_quantize(report, out)
