@@ -105,7 +105,7 @@ bench-prune: setup
 
 # Side by side with ONNX Runtime's quantize_static on the same exports and photos (a benchmark, not a test).
 bench-ortq: setup
-	$(PY) scripts/ort_quantize_side_by_side.py --models $(INT8_MODELS) --out $(BENCH_OUT)/ort-quantize
+	$(PY) scripts/quantize_side_by_side.py --models $(INT8_MODELS) --out $(BENCH_OUT)/ort-quantize
 
 # Int8 accuracy on real labelled data: the digits-trained nets.
 digits: setup

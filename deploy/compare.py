@@ -122,6 +122,26 @@ class OutputDiff:
     def passed(self) -> bool:
         return not self.failures
 
+    def shortfall(self) -> float:
+        """How far the output is from its tolerance, summed over the criteria it misses, each in units of its
+        own margin (cosine: of 1 − min_cosine; total variation: of max_tv; dB: per 10 dB; top-1: per point);
+        0 when it passes. Lets a search tell which of two failing candidates is nearer the preset."""
+        t, total = self.tolerance, 0.0
+        if self.distribution_axis is not None and t.max_tv is not None and self.tv_p95 is not None:
+            total += max(0.0, (self.tv_p95 - t.max_tv) / t.max_tv)
+        elif t.min_cosine is not None:
+            total += max(0.0, (t.min_cosine - self.cosine) / max(1e-9, 1.0 - t.min_cosine))
+        if t.min_channel_sqnr_db is not None and self.channel_sqnr_db is not None:
+            total += max(0.0, (t.min_channel_sqnr_db - max(self.channel_sqnr_db, -100.0)) / 10.0)
+        if t.min_sqnr_db is not None:
+            total += max(0.0, (t.min_sqnr_db - max(self.sqnr_db, -100.0)) / 10.0)
+        if t.min_top1 is not None and self.top1 is not None:
+            total += max(0.0, (t.min_top1 - self.top1) * 100.0)
+        for limit, value in ((t.max_rel, self.max_rel), (t.max_abs, self.max_abs)):
+            if limit is not None and value > limit:
+                total += math.log10(value / limit) if math.isfinite(value) and limit > 0 else 100.0
+        return total if total or self.passed else 1e-9
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["tolerance"] = {k: v for k, v in asdict(self.tolerance).items() if v is not None}

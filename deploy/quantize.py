@@ -27,11 +27,11 @@ from .backends.ort_runner import cpu_session, optimized_op_counts, run_function
 from .calib.data import DataSourceError, load_samples
 from .calib.observers import METHODS, collect_histograms, compute_ranges
 from .calib.table import RangesTable, fingerprint_arrays, write_trt_cache
-from .compare import Tolerance, diff_output
+from .compare import diff_output
 from .errors import BadInputError
 from .export import export_onnx, finalize, onnx_output_path, save_onnx
 from .passes.bias_correction import fold_corrections, measure_corrections
-from .passes.onnx_fuse import onnx_fuse_bn
+from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
 from .passes.qdq import (
     TARGETS,
     QdqPlan,
@@ -40,6 +40,7 @@ from .passes.qdq import (
     insert_qdq,
     plan_qdq,
     resolve_keep_float,
+    tensor_unit,
     with_outputs,
 )
 from .spec import Artifact
@@ -187,7 +188,7 @@ class QuantizeReport:
         if f.accuracy is not None:
             parts.append(f"accuracy {f.accuracy:.2f} % (fp32 {self.fp32_accuracy:.2f} %)")
         if self.kept_float:
-            parts.append(f"{len(self.kept_float)} layer(s) kept in float")
+            parts.append(f"{kept_text(self.kept_float)} kept in float")
         text = ", ".join(p for p in parts if p)
         if self.verdict == "POOR":
             return (f"POOR {self.output}: written because of --allow-poor, but it misses the {self.precision} preset "
@@ -205,6 +206,14 @@ class QuantizeReport:
             return f"FAILED {self.output}: budget {self.budget} not met; best found: {text}; {where}"
         return (f"FAILED {self.output}: misses the {self.precision} preset of deploy check on held-out data "
                 f"({'; '.join(self.preset_failures)}): {text}; {where}")
+
+
+def kept_text(kept) -> str:
+    """'3 layer(s) and 1 tensor(s)' for a kept-in-float set of layers and tensor units."""
+    tensors = sum(1 for k in kept if k.startswith("tensor:"))
+    layers = len(kept) - tensors
+    return " and ".join(p for p in (f"{layers} layer(s)" if layers else "",
+                                    f"{tensors} tensor(s)" if tensors else "") if p)
 
 
 def table_path_for(output: Path) -> Path:
@@ -257,19 +266,29 @@ class _Judge:
 
     def score(self, model, label: str, batches: int | None = None) -> Score:
         """Judge a model (or a loaded session of one) on the held-out data, or on its first ``batches``."""
+        return self.score_and_preset(model, label, batches)[0]
+
+    def score_and_preset(self, model, label: str, batches: int | None = None, precision: str = "int8"):
+        """(Score, the comparison judged by deploy check's preset for ``precision``) from one run."""
+        from .compare import PRESETS
+
         start = time.perf_counter()
         out = self._outputs(model, batches)
-        d = diff_output(self.output, self.reference[:len(out)], out, Tolerance())
+        d = diff_output(self.output, self.reference[:len(out)], out, PRESETS[precision])
         interval = None if d.top1 is None else wilson_interval(round(d.top1 * len(out)), len(out))
         return Score(label, d.sqnr_db, d.centred_sqnr_db, d.cosine, None if d.top1 is None else d.top1 * 100,
-                     self._accuracy(out), time.perf_counter() - start, len(out), interval)
+                     self._accuracy(out), time.perf_counter() - start, len(out), interval), d
 
     def preset_failures(self, model, precision: str) -> list[str]:
         """What the final model misses of ``deploy check``'s preset for its precision, on the held-out data."""
+        return self.preset_diff(model, precision).failures
+
+    def preset_diff(self, model, precision: str):
+        """The held-out comparison judged by ``deploy check``'s preset (its failures and shortfall)."""
         from .compare import PRESETS
 
         out = self._outputs(model)
-        return diff_output(self.output, self.reference[:len(out)], out, PRESETS[precision]).failures
+        return diff_output(self.output, self.reference[:len(out)], out, PRESETS[precision])
 
     def drop(self, score: Score) -> float | None:
         """Top-1 points lost: accuracy drop with labels, else disagreement with fp32."""
@@ -417,8 +436,12 @@ def quantize_artifact(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         fp32 = _load_fp32(artifact, tmp_dir, say)
-        if any(n.op_type == "BatchNormalization" for n in fp32.graph.node):
-            fp32 = onnx_fuse_bn(fp32).model
+        if any(n.op_type in ("BatchNormalization", *AFFINE_OPS) for n in fp32.graph.node):
+            folded = onnx_fuse_bn(fp32)  # exact: BN and constant per-channel scale/shift into the layers
+            fp32 = folded.model
+            if folded.report.sites:
+                say(f"folded {len(folded.report.sites)} BatchNormalization / constant scale-shift node(s) into "
+                    f"their layers")
         input_name = fp32.graph.input[0].name
         shape = artifact.input_shape
         report = QuantizeReport(artifact.label, str(output), options.precision, options.target, options.method,
@@ -549,14 +572,14 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         report.budget_met = _meets(judge, best, options)
         if not report.budget_met:
             t0 = time.perf_counter()
-            kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say)
+            kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say, best)
             report.seconds["sensitivity"] = time.perf_counter() - t0
     elif options.aim_preset and report.steps[-1]["preset_failures"]:
         # No budget: deploy check's int8 preset is the aim. Mixed precision: the layers whose float form
         # recovers most go back to float, one at a time, until the preset holds on the held-out data.
         say("the tournament's best misses deploy check's int8 preset: mixed precision until it holds")
         t0 = time.perf_counter()
-        kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say,
+        kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say, best,
                                       meets=lambda model, _score: not judge.preset_failures(model, "int8"),
                                       aim="deploy check's int8 preset", macs=macs)
         report.seconds["mixed precision"] = time.perf_counter() - t0
@@ -567,10 +590,11 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     report.allowed_poor = bool(report.preset_failures) and options.allow_poor
     report.kept_float = sorted(kept)
     if kept != set(keep):
-        report.steps.append(_step(f"mixed precision ({len(kept - set(keep))} layer(s) in float)", final_score,
+        report.steps.append(_step(f"mixed precision ({kept_text(kept - set(keep))} in float)", final_score,
                                   report.preset_failures, len(kept - set(keep))))
     total_macs = sum(macs.values())
-    report.int8_mac_share = (sum(v for k, v in macs.items() if k not in kept) / total_macs) if total_macs else None
+    report.int8_mac_share = (sum(v for k, v in macs.items() if k in final_plan.weighted) / total_macs
+                             if total_macs else None)
     report.pass_report = pass_report
     report.quantized_nodes = len([s for s in pass_report["sites"] if "int8 weights" in s["what"]])
     if options.target == "ort-cpu":
@@ -597,36 +621,42 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     return model, table
 
 
-TIER2_SAMPLES = 32  # calibration samples tier 2 measures on (Gram matrices and channel means settle fast)
+TIER2_SAMPLES = 32  # calibration samples GPTQ's Gram matrices come from
+BIAS_SAMPLES = 16  # calibration samples bias correction's channel means come from (one run per layer)
 
 
 def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, options: QuantizeOptions,
            report: QuantizeReport, build, say, best: Score, failures: list[str], quantized_weights: dict,
            corrections: dict) -> tuple[Score, list[str]]:
-    """Second-tier PTQ on the tournament's ranges: GPTQ weight rounding, then empirical bias correction. Each
-    is kept only when the held-out score improves without adding a preset failure; each step is reported."""
-    feeds, count = [], 0
-    for batch in batches:
-        if count >= TIER2_SAMPLES:
-            break
-        feeds.append(batch)
-        count += len(next(iter(batch.values())))
+    """Second-tier PTQ on the tournament's ranges: GPTQ weight rounding, then empirical bias correction. Aiming
+    at the preset, each is kept only when the held-out result comes nearer it (its shortfall); with a budget,
+    when the budget's measure improves without a new preset failure. Each step is reported with its time."""
+    feeds = _first_samples(batches, TIER2_SAMPLES)
     start = time.perf_counter()
 
     def left() -> float | None:
         return None if options.time_budget is None else max(0.0, options.time_budget - (time.perf_counter() - start))
 
+    aiming = report.budget is None
+    shortfall = [judge.preset_diff(build(ranges, keep)[0], "int8").shortfall()]
+
     def judged(name: str, summary: str, t0: float) -> bool:
         nonlocal best, failures
         model = build(ranges, keep)[0]
         score = judge.score(model, name)
-        now = judge.preset_failures(model, "int8")
+        diff = judge.preset_diff(model, "int8")
+        now = diff.failures
         seconds = time.perf_counter() - t0
         report.seconds[name] = seconds
-        kept_it = score.key() > best.key() and len(now) <= len(failures)
+        # aiming at the preset: kept when it comes nearer (the shortfall of what it misses); with a budget:
+        # when the budget's own measure (top-1, centred SQNR) improves
+        kept_it = diff.shortfall() < shortfall[0] if aiming else \
+            score.key() > best.key() and len(now) <= len(failures)
+        if kept_it:
+            shortfall[0] = diff.shortfall()
         report.steps.append({**_step(name, score, now, 0), "kept": kept_it, "seconds": round(seconds, 2),
                              "summary": summary})
-        report.notes.append(summary + ("" if kept_it else ": not kept (the held-out score did not improve)"))
+        report.notes.append(summary + ("" if kept_it else ": not kept (the held-out result came no nearer the aim)"))
         if kept_it:
             best, failures = score, now
         return kept_it
@@ -643,15 +673,29 @@ def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, 
     if rounding.weights and not judged("GPTQ rounding", rounding.summary(), t0):
         quantized_weights.clear()
         quantized_weights.update(saved)
+    if (_meets(judge, best, options) if report.budget is not None else not failures):
+        return best, failures  # the aim is met: no need for more
     if left() is not None and left() <= 0:
         report.notes.append("bias correction skipped: --time-budget spent")
         return best, failures
     t0 = time.perf_counter()
-    found = _bias_correction(fp32, plan, ranges, keep, feeds, options, build, say, left())
+    found = _bias_correction(fp32, plan, ranges, keep, _first_samples(feeds, BIAS_SAMPLES), options, build, say,
+                             left())
     corrections.update(found.corrections)
     if found.corrections and not judged("bias correction", found.summary(), t0):
         corrections.clear()
     return best, failures
+
+
+def _first_samples(batches: list[dict[str, np.ndarray]], samples: int) -> list[dict[str, np.ndarray]]:
+    """The leading runs of ``batches`` that hold ``samples`` samples (whole runs; at least one)."""
+    out, count = [], 0
+    for batch in batches:
+        if out and count >= samples:
+            break
+        out.append(batch)
+        count += len(next(iter(batch.values())))
+    return out
 
 
 def _bias_correction(fp32, plan: QdqPlan, ranges, keep: set[str], feeds, options: QuantizeOptions, build, say,
@@ -707,15 +751,18 @@ def _layer_macs(fp32: onnx.ModelProto, plan: QdqPlan, feeds: dict[str, np.ndarra
 
 
 def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, options: QuantizeOptions,
-              report: QuantizeReport, build, say, meets=None, aim: str | None = None,
+              report: QuantizeReport, build, say, base: Score, meets=None, aim: str | None = None,
               macs: dict[str, int] | None = None) -> tuple[set[str], Score]:
-    """Rank layers by what keeping each alone in float recovers; keep the most sensitive until the budget
-    (or, with ``meets``, another aim such as the preset) holds. Returns the kept set and its score (the best
-    found when nothing meets it).
+    """Rank fallback units by what keeping each alone in float recovers; keep the most sensitive until the
+    budget (or, with ``meets``, another aim such as the preset) holds. Returns the kept set and its score (the
+    best found when nothing meets it; ``base`` is the all-int8 result's).
+
+    Units cover everything quantized: each quantized layer (its weights and output in float) and each tensor
+    with its own range (``tensor:NAME``: no Q/DQ on it, so its int8 producer and readers run in float too) —
+    an Add, Concat or pooling output, a layer's input, the graph input.
 
     With ``macs`` (the preset's aim), the ranking is scored on the first quarter of the held-out data and
     the search stops before more than MAX_FLOAT_MACS of the layers' MACs are in float: int8 must still pay."""
-    base = report.scores[[s.label for s in report.scores].index(report.chosen)]
     budget = aim is None
     aim = aim or report.budget
     if meets is None:
@@ -728,23 +775,33 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
         return set(keep), base
     ranking = []
     quarter = max(1, len(judge.feeds) // 4) if macs is not None and len(judge.feeds) >= 4 else None
-    for i, layer in enumerate(plan.weighted, 1):
-        say(f"sensitivity: {layer} ({i}/{len(plan.weighted)})")
+    units = [*plan.weighted, *(tensor_unit(t) for t in plan.calibrated)]
+    shortfall = {}
+    for i, layer in enumerate(units, 1):
+        say(f"sensitivity: {layer} ({i}/{len(units)})")
         model, _, _ = build(ranges, keep | {layer})
-        score = judge.score(model, f"float {layer}", quarter)
+        score, diff = judge.score_and_preset(model, f"float {layer}", quarter)
         ranking.append((layer, score))
-    ranking.sort(key=lambda item: item[1].key(), reverse=True)
+        shortfall[layer] = diff.shortfall()
+    if macs is not None:  # aiming at the preset: nearest the preset first (its own measure), then the score
+        ranking.sort(key=lambda item: (-shortfall[item[0]], *item[1].key()), reverse=True)
+    else:
+        ranking.sort(key=lambda item: item[1].key(), reverse=True)
     # gains against the all-int8 result scored on the same samples as the ranking
     reference = base if quarter is None else judge.score(build(ranges, keep)[0], "all int8", quarter)
     report.sensitivity = [{"layer": layer, "centred_sqnr_db": round(s.centred_sqnr_db, 3),
                            "sqnr_gain_db": round(s.centred_sqnr_db - reference.centred_sqnr_db, 3),
-                           "top1_agreement": s.top1_agreement, "accuracy": s.accuracy} for layer, s in ranking]
+                           "top1_agreement": s.top1_agreement, "accuracy": s.accuracy,
+                           "preset_shortfall": round(shortfall[layer], 4)} for layer, s in ranking]
     if macs is not None:
-        return _aim(ranking, ranges, keep, judge, report, build, say, meets, aim, macs, base)
-    kept, best_kept, best = set(keep), set(keep), base
-    for n, (layer, score) in enumerate(ranking[:-1], 1):  # at least one layer stays int8
-        kept = kept | {layer}
-        say(f"fallback: {n} layer(s) in float")
+        return _aim(fp32, plan, ranking, ranges, keep, judge, report, build, say, aim,
+                    lambda kept: _float_macs(fp32, plan, kept, macs), sum(macs.values()), base)
+    kept, best_kept, best, n = set(keep), set(keep), base, 0
+    for layer, score in ranking[:-1]:  # at least one unit stays int8
+        if not _leaves_int8(fp32, plan, kept | {layer}):
+            continue
+        kept, n = kept | {layer}, n + 1
+        say(f"fallback: {n} unit(s) in float")
         model, _, _ = build(ranges, kept)
         current = score if n == 1 else judge.score(model, f"{n} in float")
         if current.key() > best.key():
@@ -758,34 +815,60 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     return best_kept, best
 
 
-MAX_AIM_STEPS = 16  # layers tried back in float, one at a time, before mixed precision gives up
+MAX_AIM_STEPS = 24  # files judged by mixed precision's search before it gives up
 
 
-def _aim(ranking, ranges, keep: set[str], judge: _Judge, report: QuantizeReport, build, say, meets, aim: str,
-         macs: dict[str, int], base: Score) -> tuple[set[str], Score]:
-    """Mixed precision toward ``aim`` within the MAC cap: the most sensitive layers back in float, one at a
-    time, each step judged by ``meets`` on all the held-out data; a layer whose float form would break the cap
-    is skipped. Not reached: the tournament's result is returned unchanged (and judged as it is)."""
-    total = sum(macs.values())
-    kept, too_costly, steps = set(keep), [], 0
-    for layer, _score in ranking[:-1]:  # at least one layer stays int8
-        if total and sum(macs.get(k, 0) for k in kept | {layer}) > MAX_FLOAT_MACS * total:
-            too_costly.append(layer)
+def _leaves_int8(fp32, plan: QdqPlan, kept: set[str]) -> bool:
+    """Whether some layer stays quantized with ``kept`` in float (a tensor unit can take several with it)."""
+    try:
+        return bool(plan_qdq(fp32, plan.target, kept).weighted)
+    except QuantizeError:
+        return False
+
+
+def _float_macs(fp32, plan: QdqPlan, kept: set[str], macs: dict[str, int]) -> int:
+    """MACs of the quantizable layers that run in float when ``kept`` (layers and tensor units) is."""
+    try:
+        used = set(plan_qdq(fp32, plan.target, kept).weighted)
+    except QuantizeError:  # nothing left to quantize
+        used = set()
+    return sum(v for k, v in macs.items() if k not in used)
+
+
+def _aim(fp32, plan: QdqPlan, ranking, ranges, keep: set[str], judge: _Judge, report: QuantizeReport, build, say,
+         aim: str, float_macs, total: int, base: Score) -> tuple[set[str], Score]:
+    """Mixed precision toward deploy check's preset within the MAC cap: greedy forward selection in ranked
+    order. Each unit is tried back in float on top of those kept so far and judged on all the held-out data;
+    it stays in float only when the result comes nearer the preset (its shortfall, compare.OutputDiff), so
+    the search never walks away from the aim — the preset's cosine is a low percentile over samples, and one
+    unit that helps the average can hurt the worst samples. A unit whose float form would break the MAC cap or
+    leave nothing in int8 is skipped; at most MAX_AIM_STEPS files are judged. Not reached: the all-int8 result
+    is returned unchanged (and judged as it is)."""
+    kept, too_costly, tries = set(keep), [], 0
+    nearest = judge.preset_diff(build(ranges, kept)[0], "int8").shortfall()
+    for unit, _score in ranking:
+        candidate = kept | {unit}
+        if not _leaves_int8(fp32, plan, candidate):
             continue
-        kept = kept | {layer}
-        steps += 1
-        say(f"mixed precision: {steps} layer(s) in float")
-        model, _, _ = build(ranges, kept)
-        if meets(model, None):
-            return kept, judge.score(model, f"{steps} in float")
-        if steps >= MAX_AIM_STEPS:
+        if total and float_macs(candidate) > MAX_FLOAT_MACS * total:
+            too_costly.append(unit)
+            continue
+        if tries >= MAX_AIM_STEPS:
             break
-    why = f"{steps} layer(s) back in float were not enough"
+        tries += 1
+        say(f"mixed precision: try {tries}, {kept_text(candidate - set(keep))} in float")
+        model = build(ranges, candidate)[0]
+        diff = judge.preset_diff(model, "int8")
+        if diff.passed:
+            return candidate, judge.score(model, f"{len(candidate - set(keep))} in float")
+        if diff.shortfall() < nearest:
+            kept, nearest = candidate, diff.shortfall()
+    why = f"{tries} file(s) tried, {kept_text(kept - set(keep)) or 'nothing'} in float at the nearest"
     if too_costly:
-        why += (f"; {len(too_costly)} other sensitive layer(s) cost too much in float ({', '.join(too_costly[:3])}"
+        why += (f"; {len(too_costly)} other sensitive unit(s) cost too much in float ({', '.join(too_costly[:3])}"
                 f"{', …' if len(too_costly) > 3 else ''}) to keep {1 - MAX_FLOAT_MACS:.0%} of the MACs in int8, "
                 f"where int8 still pays")
-    report.notes.append(f"mixed precision did not reach {aim}: {why}; the tournament's result is judged as it is")
+    report.notes.append(f"mixed precision did not reach {aim}: {why}; the all-int8 result is judged as it is")
     return set(keep), base
 
 

@@ -173,7 +173,9 @@ def print_quantize(report, console: Console) -> None:
             if step["accuracy"] is not None:
                 figures.append(f"accuracy {step['accuracy']:.2f} %")
             verdict = "meets the int8 preset" if not step["preset_failures"] else "; ".join(step["preset_failures"])
-            console.print(f"{step['step']}: {', '.join(figures)} — {verdict}", markup=False)
+            kept = {True: " (kept)", False: " (not kept)"}.get(step.get("kept"), "")
+            seconds = f", {step['seconds']:.1f} s" if step.get("seconds") is not None else ""
+            console.print(f"{step['step']}{kept}: {', '.join(figures)}{seconds} — {verdict}", markup=False)
     if report.int8_mac_share is not None and report.kept_float:
         console.print(f"int8 keeps {report.int8_mac_share:.1%} of the quantizable layers' MACs", markup=False)
     if report.integer_kernels:

@@ -74,6 +74,13 @@ TARGETS: dict[str, QuantTarget] = {
 }
 
 
+TENSOR_UNIT = "tensor:"  # a keep-float item naming a tensor: no Q/DQ on it, its int8 producer and readers float
+
+
+def tensor_unit(name: str) -> str:
+    return TENSOR_UNIT + name
+
+
 class QuantizeError(ValueError):
     """The model cannot be quantized as asked (one-line message)."""
 
@@ -135,13 +142,15 @@ def _weight_input(index: GraphIndex, node: onnx.NodeProto) -> tuple[np.ndarray, 
 
 
 def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> set[str]:
-    """``--keep-float`` items → node names. An item is a node name, an op type (``Gemm``), or ``first`` /
-    ``last`` (the first / last quantizable node in graph order)."""
+    """``--keep-float`` items → node names and tensor units. An item is a node name, a tensor name (no Q/DQ on
+    it: see :func:`plan_qdq`), an op type (``Gemm``), or ``first`` / ``last`` (the first / last quantizable node
+    in graph order)."""
     name_nodes(model)
     index = GraphIndex(model.graph)
     weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and _weight_input(index, n) is not None]
     by_name = {n.name: n for n in model.graph.node}
     ops = {n.op_type for n in model.graph.node}
+    tensors = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
     names: set[str] = set()
     for item in items:
         item = item.strip()
@@ -151,29 +160,37 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> set[str]
             names.add(weighted[0].name)
         elif item == "last" and weighted:
             names.add(weighted[-1].name)
-        elif item in by_name:
+        elif item in by_name or item.startswith(TENSOR_UNIT):
             names.add(item)
         elif item in ops:
             names.update(n.name for n in model.graph.node if n.op_type == item)
+        elif item in tensors:
+            names.add(tensor_unit(item))
         else:
             some = ", ".join(n.name for n in weighted[:4])
-            raise QuantizeError(f"--keep-float '{item}': no node or op type of that name "
-                                f"(give node names like {some}, an op type, 'first' or 'last')")
+            raise QuantizeError(f"--keep-float '{item}': no node, tensor or op type of that name "
+                                f"(give node names like {some}, tensor names, an op type, 'first' or 'last')")
     return names
 
 
 def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iterable[str] = ()) -> QdqPlan:
-    """Decide what gets quantized (see the module docstring for the placement rules)."""
+    """Decide what gets quantized (see the module docstring for the placement rules).
+
+    ``keep_float`` holds node names and tensor units (``tensor:NAME``): a tensor unit gets no Q/DQ, so the
+    quantized layer producing it and those reading it (no integer kernel takes a float input) stay float too."""
     qt = target if isinstance(target, QuantTarget) else get_target(target)
     _require_opset(model, 13)  # per-axis QuantizeLinear/DequantizeLinear
     name_nodes(model)
-    keep = set(keep_float)
+    keep = {k for k in keep_float if not k.startswith(TENSOR_UNIT)}
+    float_tensors = {k[len(TENSOR_UNIT):] for k in keep_float if k.startswith(TENSOR_UNIT)}
     index = GraphIndex(model.graph)
     plan = QdqPlan(qt)
     quantized = plan.activations  # tensor → parameter source
 
     def quantize_output(tensor: str, source: str | None = None) -> None:
         if tensor in index.graph_outputs:  # the model's outputs stay float (QGemm/QLinearConv can emit float)
+            return
+        if tensor in float_tensors or (source or tensor) in float_tensors:
             return
         quantized[tensor] = source or tensor
 
@@ -195,6 +212,9 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
                 continue
             if node.name in keep:
                 plan.kept[node.name] = "--keep-float"
+                continue
+            if {node.input[0], node.output[0], past_activation(node.output[0])} & float_tensors:
+                plan.kept[node.name] = "reads or writes a tensor kept in float"
                 continue
             plan.weighted.append(node.name)
             data = node.input[0]

@@ -120,7 +120,7 @@ def test_keep_float_first_and_last(tiny_resnet):
     quantized = _quantize(tiny_resnet, "ort-cpu", keep)
     ops = optimized_op_counts(quantized)
     assert ops.get("QLinearConv", 0) == 5 and ops.get("Conv", 0) == 1 and ops.get("QGemm", 0) == 0
-    with pytest.raises(QuantizeError, match="no node or op type"):
+    with pytest.raises(QuantizeError, match="no node, tensor or op type"):
         resolve_keep_float(model, ["conv_does_not_exist"])
 
 

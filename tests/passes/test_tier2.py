@@ -113,3 +113,62 @@ def test_bias_correction_removes_the_mean_shift_of_a_clipped_range():
 
     before, after = shift(int8), shift(_int8(corrected, ranges))
     assert after < 0.5 * before, (before, after)
+
+
+def test_a_tensor_kept_in_float_takes_its_int8_producer_and_readers_with_it():
+    from deploy.passes.qdq import resolve_keep_float, tensor_unit
+
+    model = _repvgg_like()
+    target = get_target("ort-cpu")
+    full = plan_qdq(model, target)
+    assert "r1" in full.activations and {"conv1", "conv2", "fc"} <= set(full.weighted)
+    assert resolve_keep_float(model, ["r1", "conv2"]) == {tensor_unit("r1"), "conv2"}
+    plan = plan_qdq(model, target, {tensor_unit("r1")})
+    assert "r1" not in plan.activations and "c1" not in plan.activations
+    assert plan.weighted == ["fc"] and set(plan.kept) == {"conv1", "conv2"}  # producer and reader of r1
+    assert plan.kept["conv2"] == "reads or writes a tensor kept in float"
+    graph_input = plan_qdq(model, target, {tensor_unit("input")})
+    assert "input" not in graph_input.activations and "conv1" in graph_input.kept and "conv2" in graph_input.weighted
+
+
+def test_constant_scale_and_shift_fold_into_the_layers_like_a_batchnorm():
+    """PP-LCNetV3's learnable affine blocks: Conv → Mul(scalar) → Add(scalar); a per-channel Sub after a Gemm;
+    an Add before a 1×1 Conv (no padding: folds forward); a Div by a tensor and an Add before a padded Conv stay."""
+    from deploy.passes.onnx_fuse import onnx_fuse_bn
+
+    rng = np.random.default_rng(3)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(f32(rng.normal(0, 0.3, (8, 3, 3, 3))), "w1"),
+             numpy_helper.from_array(f32(rng.normal(0, 0.1, 8)), "b1"),
+             numpy_helper.from_array(f32(1.7), "scale"), numpy_helper.from_array(f32([-0.4]), "shift"),
+             numpy_helper.from_array(f32(rng.normal(0, 1, (1, 8, 1, 1))), "pre"),
+             numpy_helper.from_array(f32(rng.normal(0, 0.3, (8, 8, 1, 1))), "w2"),
+             numpy_helper.from_array(f32(rng.normal(0, 1, (8, 1, 1))), "edge"),
+             numpy_helper.from_array(f32(rng.normal(0, 0.3, (8, 8, 3, 3))), "w3"),
+             numpy_helper.from_array(f32(rng.normal(0, 0.3, (5, 8))), "w4"),
+             numpy_helper.from_array(f32(rng.normal(0, 1, 5)), "per_class")]
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["scale", "c1"], ["m1"], name="lab_scale"),
+             helper.make_node("Add", ["m1", "shift"], ["a1"], name="lab_shift"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+             helper.make_node("Add", ["r1", "pre"], ["p1"], name="before_1x1"),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], name="pointwise"),
+             helper.make_node("Div", ["c2", "c2"], ["d2"], name="not_constant"),
+             helper.make_node("Add", ["c2", "d2"], ["s2"], name="sum"),
+             helper.make_node("Add", ["s2", "edge"], ["e2"], name="before_padded"),
+             helper.make_node("Conv", ["e2", "w3"], ["c3"], name="padded", pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["c3"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "w4"], ["y"], name="fc", transB=1),
+             helper.make_node("Sub", ["y", "per_class"], ["logits"], name="per_class_shift")]
+    graph = helper.make_graph(nodes, "affine", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                             ["n", 3, 16, 16])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 5])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = onnx_fuse_bn(model)
+    left = {n.name for n in result.model.graph.node}
+    folded = {site.where for site in result.report.sites}
+    assert folded == {"lab_scale", "lab_shift", "before_1x1", "per_class_shift"}, result.report.sites
+    assert {"not_constant", "sum", "before_padded"} <= left  # not per-channel constants, or a padded Conv after
+    x = _photos(4, offset=0)[:, :, :16, :16]
+    np.testing.assert_allclose(_output(result.model, x), _output(model, x), rtol=1e-5, atol=1e-5)
