@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .digits import digits_splits, evaluate, onnx_logits, train_digits, write_digits_npz
@@ -41,6 +41,7 @@ class AccuracyRow:
     budget_met: bool | None
     quantize_seconds: float
     int8_path: str
+    tier2: list[str] = field(default_factory=list)  # second-tier steps kept (GPTQ rounding, bias correction)
 
     @property
     def drop(self) -> float:
@@ -58,7 +59,7 @@ def _row(model: str, form: str, fp32: Path, report: QuantizeReport, test: tuple)
     int8_acc = evaluate(onnx_logits(report.output), *test)
     return AccuracyRow(model, form, fp32_acc, int8_acc, report.chosen, report.kept_float,
                        report.final.centred_sqnr_db, report.budget, report.budget_met, report.seconds["total"],
-                       report.output)
+                       report.output, [step["step"] for step in report.steps if step.get("kept")])
 
 
 def run_digits_accuracy(out_dir: Path, seed: int = 0, target: str = "ort-cpu", cache_dir: Path | None = None,
@@ -114,10 +115,11 @@ def accuracy_markdown(rows: list[AccuracyRow]) -> list[str]:
     lines = ["## Int8 accuracy on real data: nets trained on scikit-learn's digits", "",
              "Calibrated on the 200-image calibration split; method chosen (and budget judged) on 300 images of "
              "the training split; accuracy on the disjoint 400-image test split (`deploy digits`).", "",
-             "| model | form | fp32 acc | int8 acc | drop (points) | method | kept in float | centred SQNR dB |",
-             "|---|---|---:|---:|---:|---|---|---:|"]
+             "| model | form | fp32 acc | int8 acc | drop (points) | method | tier 2 | kept in float "
+             "| centred SQNR dB |",
+             "|---|---|---:|---:|---:|---|---|---|---:|"]
     for r in rows:
         kept = ", ".join(r.kept_float) if r.kept_float else "—"
         lines.append(f"| {r.model} | {r.form} | {r.fp32_accuracy:.2f} % | {r.int8_accuracy:.2f} % | {r.drop:+.2f} | "
-                     f"{r.method} | {kept} | {r.centred_sqnr_db:.1f} |")
+                     f"{r.method} | {', '.join(r.tier2) or '—'} | {kept} | {r.centred_sqnr_db:.1f} |")
     return [*lines, ""]

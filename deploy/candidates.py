@@ -174,7 +174,7 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
         unmet = (f"the fallback missed the budget on the tuning data even with {len(report.kept_float)} layer(s) "
                  f"in float; this is the {precision} with no budget, so the chart shows what {precision} costs")
         report = quantize_artifact(load_candidate(ctx.folder / source.file, shape), path,
-                                   replace(options, max_drop=None, min_sqnr=None),
+                                   replace(options, max_drop=None, min_sqnr=None, aim_preset=False, tier2=False),
                                    progress=lambda msg, **_kw: ctx.say(msg))
     if precision == "int8":
         k = report.integer_kernels or {}

@@ -33,9 +33,11 @@ from .export import export_onnx, finalize, onnx_output_path, save_onnx
 from .passes.bias_correction import fold_corrections, measure_corrections
 from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
 from .passes.qdq import (
+    PLACEMENTS,
     TARGETS,
     QdqPlan,
     QuantizeError,
+    divisions_to_products,
     get_target,
     insert_qdq,
     plan_qdq,
@@ -79,6 +81,7 @@ class QuantizeOptions:
     fixed_batch: bool = False  # the file fixes its batch dim: ``batch`` is that, and runs take whole batches
     aim_preset: bool = True  # no budget given: keep the most sensitive layers in float until the preset holds
     tier2: bool = True  # the tournament misses the aim: bias correction before mixed precision
+    placement: str = "auto"  # Q/DQ placement: convs, elementwise, or auto (ort-cpu: both judged and timed)
     time_budget: float | None = None  # seconds tier 2 may take (it stops between its runs)
 
 
@@ -141,6 +144,7 @@ class QuantizeReport:
     allowed_poor: bool = False
     integer_kernels: dict | None = None  # ONNX Runtime CPU's optimized graph: Conv vs QLinearConv
     latency: dict | None = None  # int8 vs fp32 medians on ONNX Runtime CPU, interleaved
+    placement: dict | None = None  # each placement tried: its time and preset failures, and the one chosen
     quantized_nodes: int = 0
     nodes_before: int = 0
     nodes_after: int = 0
@@ -301,11 +305,18 @@ def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: di
                          threads: int | None, seconds: float = 0.6) -> dict:
     """Median latency of fp32 and int8 sessions run alternately on one batch (a quick look, not a bench:
     interleaving makes the ratio fair on a noisy machine)."""
-    sessions = [cpu_session(m, threads) for m in (fp32, int8)]
-    runs = [run_function(s) for s in sessions]
+    fp32_ms, (int8_ms,), runs = _interleaved_medians(fp32, [int8], feeds, threads, seconds)
+    return {"fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3), "ratio": round(int8_ms / fp32_ms, 3),
+            "runs": runs, "batch": len(next(iter(feeds.values())))}
+
+
+def _interleaved_medians(fp32: onnx.ModelProto, others: list[onnx.ModelProto], feeds: dict[str, np.ndarray],
+                         threads: int | None, seconds: float) -> tuple[float, list[float], int]:
+    """(fp32 median ms, each other model's median ms, rounds): every model run once per round, in turn."""
+    runs = [run_function(cpu_session(m, threads)) for m in (fp32, *others)]
     for run in runs:  # warm-up
         run(feeds)
-    times: list[list[float]] = [[], []]
+    times: list[list[float]] = [[] for _ in runs]
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(times[0]) < 10:
         for i, run in enumerate(runs):
@@ -314,9 +325,8 @@ def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: di
             times[i].append(time.perf_counter() - t0)
         if len(times[0]) >= 200:
             break
-    fp32_ms, int8_ms = (float(np.median(t)) * 1e3 for t in times)
-    return {"fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3), "ratio": round(int8_ms / fp32_ms, 3),
-            "runs": len(times[0]), "batch": len(next(iter(feeds.values())))}
+    medians = [float(np.median(t)) * 1e3 for t in times]
+    return medians[0], medians[1:], len(times[0])
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -353,6 +363,8 @@ def _validate(options: QuantizeOptions) -> None:
         raise BadInputError(f"--method {options.method}: choose from {', '.join(METHOD_CHOICES)}")
     if options.target not in TARGETS:
         raise BadInputError(f"--target {options.target}: choose from {', '.join(TARGETS)}")
+    if options.placement not in ("auto", *PLACEMENTS):
+        raise BadInputError(f"--placement {options.placement}: choose from auto, {', '.join(PLACEMENTS)}")
     for flag, value in (("--samples", options.samples), ("--eval-samples", options.eval_samples),
                         ("--run-batch", 1 if options.batch is None else options.batch)):
         if value < 1:
@@ -436,17 +448,18 @@ def quantize_artifact(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         fp32 = _load_fp32(artifact, tmp_dir, say)
+        folds = 0
         if any(n.op_type in ("BatchNormalization", *AFFINE_OPS) for n in fp32.graph.node):
             folded = onnx_fuse_bn(fp32)  # exact: BN and constant per-channel scale/shift into the layers
-            fp32 = folded.model
-            if folded.report.sites:
-                say(f"folded {len(folded.report.sites)} BatchNormalization / constant scale-shift node(s) into "
-                    f"their layers")
+            fp32, folds = folded.model, len(folded.report.sites)
         input_name = fp32.graph.input[0].name
         shape = artifact.input_shape
         report = QuantizeReport(artifact.label, str(output), options.precision, options.target, options.method,
                                 options.method, options.calib, options.eval_data or options.calib,
                                 options.samples, options.eval_samples)
+        if folds:
+            report.notes.append(f"{folds} BatchNormalization / constant per-channel scale or shift node(s) folded "
+                                f"into the adjacent layers first (exact, as deploy fuse does)")
         report.nodes_before = len(fp32.graph.node)
         report.bytes_before = fp32.ByteSize()
         if options.precision == "fp16":
@@ -480,7 +493,16 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
           say: Callable[[str], None]) -> tuple[onnx.ModelProto, RangesTable]:
     target = get_target(options.target)
     keep = resolve_keep_float(fp32, options.keep_float)
-    plan = plan_qdq(fp32, target, keep)
+    placements = _placements(options)
+    bases = {"convs": fp32}
+    if "elementwise" in placements:  # ONNX Runtime has QLinearMul, no integer Div
+        bases["elementwise"] = _copy(fp32)
+        divisions_to_products(bases["elementwise"])
+    plans = {name: plan_qdq(bases[name], target, keep, name) for name in placements}
+    if len(placements) > 1 and set(plans["elementwise"].activations) == set(plans["convs"].activations):
+        placements = ["convs"]  # nothing elementwise between the layers: one placement, nothing to time
+    current = [placements[0]]  # the placement the tournament runs on; the placement step may change it
+    plan = plans[current[0]]
     calib, held = _data(options, input_name, shape,
                         lambda msg, note=False: report.notes.append(msg) if note else say(msg))
     report.calib, report.eval_data = calib.description, held.description
@@ -493,7 +515,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     graph_inputs = {i.name for i in fp32.graph.input}
     # every planned tensor, the inherited ones too: keeping a layer in float during the fallback can turn
     # a tensor that inherits its parameters (a Flatten output) into one that needs its own range
-    wanted = list(plan.activations)
+    wanted = list(dict.fromkeys(t for p in plans.values() for t in p.activations if t not in p.constants))
     measured = [t for t in wanted if t not in graph_inputs]
     session = cpu_session(with_outputs(fp32, measured), options.threads)
     run_model = run_function(session, measured)
@@ -507,7 +529,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
                             f"{list(judge.reference.shape)}: use --min-sqnr")
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # the inputs are calibrated too
-        return {**run_model(feeds), **{k: v for k, v in feeds.items() if k in plan.activations}}
+        return {**run_model(feeds), **{k: v for k, v in feeds.items() if k in wanted}}
 
     batches = _batches(calib.array, input_name, options.batch or CALIBRATION_BATCH, options.fixed_batch)
     done = [0]
@@ -522,11 +544,12 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     quantized_weights: dict = {}
     corrections: dict[str, np.ndarray] = {}  # tier 2's bias correction, per quantized layer
 
-    def build(ranges: dict, kept: set[str]) -> tuple[onnx.ModelProto, dict, QdqPlan]:
-        candidate = _copy(fp32)
+    def build(ranges: dict, kept: set[str], placement: str | None = None) -> tuple[onnx.ModelProto, dict, QdqPlan]:
+        placement = placement or current[0]
+        candidate = _copy(bases[placement])
         if corrections:  # a layer kept in float keeps its own bias: the correction is for its int8 error
             fold_corrections(candidate, {k: v for k, v in corrections.items() if k not in kept})
-        used = plan if kept == keep else plan_qdq(candidate, target, kept)
+        used = plans[placement] if kept == keep else plan_qdq(candidate, target, kept, placement)
         result = insert_qdq(candidate, used, ranges, quantized_weights)
         return result.model, result.report.to_dict(), used
 
@@ -557,6 +580,13 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     report.chosen, ranges = best.label, candidates[best.label]
     report.seconds["tournament" if options.method == "auto" else "score"] = time.perf_counter() - t0
 
+    timing_feed = judge.feeds[0] if options.fixed_batch else {k: v[:1] for k, v in judge.feeds[0].items()}
+    if len(placements) > 1:
+        t0 = time.perf_counter()
+        best = _choose_placement(fp32, placements, ranges, keep, judge, build, timing_feed, options, report, say)
+        current[0] = report.placement["chosen"]
+        plan = plans[current[0]]
+        report.seconds["placement"] = time.perf_counter() - t0
     kept = set(keep)
     report.budget = _budget_text(options, held.labels is not None)
     tournament_failures = judge.preset_failures(build(ranges, keep)[0], "int8")
@@ -572,14 +602,15 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         report.budget_met = _meets(judge, best, options)
         if not report.budget_met:
             t0 = time.perf_counter()
-            kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say, best)
+            kept, final_score = _fallback(bases[current[0]], plan, ranges, keep, judge, options, report, build, say,
+                                          best)
             report.seconds["sensitivity"] = time.perf_counter() - t0
     elif options.aim_preset and report.steps[-1]["preset_failures"]:
-        # No budget: deploy check's int8 preset is the aim. Mixed precision: the layers whose float form
-        # recovers most go back to float, one at a time, until the preset holds on the held-out data.
-        say("the tournament's best misses deploy check's int8 preset: mixed precision until it holds")
+        # No budget: deploy check's int8 preset is the aim. Mixed precision: the units whose float form
+        # comes nearest the preset go back to float, one at a time, until it holds on the held-out data.
+        say("the all-int8 result misses deploy check's int8 preset: mixed precision until it holds")
         t0 = time.perf_counter()
-        kept, final_score = _fallback(fp32, plan, ranges, keep, judge, options, report, build, say, best,
+        kept, final_score = _fallback(bases[current[0]], plan, ranges, keep, judge, options, report, build, say, best,
                                       meets=lambda model, _score: not judge.preset_failures(model, "int8"),
                                       aim="deploy check's int8 preset", macs=macs)
         report.seconds["mixed precision"] = time.perf_counter() - t0
@@ -605,7 +636,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
                                   "QLinearAdd": ops.get("QLinearAdd", 0), "ops": ops}
         if options.measure:
             say("timing int8 against fp32 on ONNX Runtime CPU")
-            report.latency = _interleaved_latency(fp32, model, judge.feeds[0], options.threads)
+            report.latency = _interleaved_latency(fp32, model, timing_feed, options.threads)
             if report.latency["ratio"] > 1.05:
                 report.notes.append(
                     f"int8 measured slower than fp32 here: {report.latency['int8_ms']:.2f} ms vs "
@@ -619,6 +650,55 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         samples=len(calib.array),
         source=calib.description, scores={s.label: s.to_dict() for s in report.scores})
     return model, table
+
+
+PLACEMENT_GAIN = 0.8  # a placement wins on speed when its int8 time is at most this share of the other's (a clear win)
+
+
+def _placements(options: QuantizeOptions) -> list[str]:
+    """Placements to try: ONNX Runtime CPU measures both (auto); other targets keep Q/DQ around the convs."""
+    if options.placement != "auto":
+        return [options.placement]
+    return ["convs", "elementwise"] if options.target == "ort-cpu" and options.measure else ["convs"]
+
+
+def _choose_placement(fp32, placements: list[str], ranges, keep: set[str], judge: _Judge, build, feeds,
+                      options: QuantizeOptions, report: QuantizeReport, say) -> Score:
+    """Each placement with the tournament's ranges, judged on the held-out data and timed against fp32 in one
+    interleaved run: one that meets the preset beats one that does not; between equals, the faster wins when
+    it takes at most PLACEMENT_GAIN of the other's time, else the nearer to the preset (its shortfall)."""
+    say(f"placement: {' vs '.join(placements)}, judged and timed")
+    models, found = {}, {}
+    for name in placements:
+        models[name] = build(ranges, keep, name)[0]
+        score, diff = judge.score_and_preset(models[name], f"{report.chosen}, {name}")
+        found[name] = {"score": score, "diff": diff}
+    fp32_ms, medians, rounds = _interleaved_medians(fp32, [models[n] for n in placements], feeds, options.threads,
+                                                    seconds=3.0)
+    for name, ms in zip(placements, medians):
+        found[name]["ms"] = ms
+
+    def better(a: str, b: str) -> bool:
+        pa, pb = found[a]["diff"].passed, found[b]["diff"].passed
+        if pa != pb:
+            return pa
+        if found[a]["ms"] <= PLACEMENT_GAIN * found[b]["ms"]:
+            return True
+        if found[b]["ms"] <= PLACEMENT_GAIN * found[a]["ms"]:
+            return False
+        return found[a]["diff"].shortfall() < found[b]["diff"].shortfall()
+
+    chosen = placements[0]
+    for name in placements[1:]:
+        if better(name, chosen):
+            chosen = name
+    report.placement = {
+        "chosen": chosen, "batch": len(next(iter(feeds.values()))), "fp32_ms": round(fp32_ms, 3), "rounds": rounds,
+        "candidates": {n: {"int8_ms": round(f["ms"], 3), "ratio": round(f["ms"] / fp32_ms, 3),
+                           "centred_sqnr_db": _step("", f["score"], [], 0)["centred_sqnr_db"],
+                           "preset_failures": f["diff"].failures,
+                           "preset_shortfall": round(f["diff"].shortfall(), 6)} for n, f in found.items()}}
+    return found[chosen]["score"]
 
 
 TIER2_SAMPLES = 32  # calibration samples GPTQ's Gram matrices come from
@@ -821,7 +901,7 @@ MAX_AIM_STEPS = 24  # files judged by mixed precision's search before it gives u
 def _leaves_int8(fp32, plan: QdqPlan, kept: set[str]) -> bool:
     """Whether some layer stays quantized with ``kept`` in float (a tensor unit can take several with it)."""
     try:
-        return bool(plan_qdq(fp32, plan.target, kept).weighted)
+        return bool(plan_qdq(fp32, plan.target, kept, plan.placement).weighted)
     except QuantizeError:
         return False
 
@@ -829,7 +909,7 @@ def _leaves_int8(fp32, plan: QdqPlan, kept: set[str]) -> bool:
 def _float_macs(fp32, plan: QdqPlan, kept: set[str], macs: dict[str, int]) -> int:
     """MACs of the quantizable layers that run in float when ``kept`` (layers and tensor units) is."""
     try:
-        used = set(plan_qdq(fp32, plan.target, kept).weighted)
+        used = set(plan_qdq(fp32, plan.target, kept, plan.placement).weighted)
     except QuantizeError:  # nothing left to quantize
         used = set()
     return sum(v for k, v in macs.items() if k not in used)

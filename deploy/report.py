@@ -178,6 +178,13 @@ def print_quantize(report, console: Console) -> None:
             console.print(f"{step['step']}{kept}: {', '.join(figures)}{seconds} — {verdict}", markup=False)
     if report.int8_mac_share is not None and report.kept_float:
         console.print(f"int8 keeps {report.int8_mac_share:.1%} of the quantizable layers' MACs", markup=False)
+    if getattr(report, "placement", None):
+        pl = report.placement
+        verdicts = {True: "meets the preset", False: "misses it"}
+        tried = "; ".join(f"{name} ×{c['ratio']:.2f} ({verdicts[not c['preset_failures']]})"
+                          for name, c in pl["candidates"].items())
+        console.print(f"placement {pl['chosen']}: int8 time over fp32 at batch {pl['batch']}, interleaved: {tried}",
+                      markup=False)
     if report.integer_kernels:
         console.print(runs_as(report.integer_kernels.get("ops", {})), markup=False)
     if report.latency:

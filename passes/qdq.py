@@ -41,6 +41,13 @@ WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")  # every op with a we
 ACTIVATION_OPS = ("Relu", "Clip")  # removable into the following Q when its zero point sits at qmin
 SAME_SCALE_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
 OWN_RANGE_OPS = ("GlobalAveragePool", "AveragePool", "Concat", "Add")
+# placement "elementwise": Add/Mul also with a constant operand (the constant quantized from its own value),
+# Mul of two activations (ONNX Runtime: QLinearAdd/QLinearMul), and the outputs of elementwise float ops
+# whose input is quantized (Sigmoid → QLinearSigmoid; HardSigmoid, Clip stay float but hand on uint8), so a
+# HardSwish or SiLU written as Add/Clip/Mul/Div(→Mul) between integer convs stays integer
+ELEMENTWISE_OPS = ("Add", "Mul")
+UNARY_OPS = ("Sigmoid", "HardSigmoid", "LeakyRelu", "Clip", "Relu")
+PLACEMENTS = ("convs", "elementwise")
 
 
 @dataclass(frozen=True)
@@ -101,11 +108,13 @@ class QdqPlan:
     weighted: list[str] = field(default_factory=list)
     activations: dict[str, str] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)  # node name → why it stays float
+    constants: dict[str, tuple[float, float]] = field(default_factory=dict)  # quantized constant → its range
+    placement: str = "convs"
 
     @property
     def calibrated(self) -> list[str]:
         """Tensors that need a measured range (graph outputs to add for calibration)."""
-        return [t for t, source in self.activations.items() if t == source]
+        return [t for t, source in self.activations.items() if t == source and t not in self.constants]
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -173,7 +182,8 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> set[str]
     return names
 
 
-def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iterable[str] = ()) -> QdqPlan:
+def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iterable[str] = (),
+             placement: str = "convs") -> QdqPlan:
     """Decide what gets quantized (see the module docstring for the placement rules).
 
     ``keep_float`` holds node names and tensor units (``tensor:NAME``): a tensor unit gets no Q/DQ, so the
@@ -183,9 +193,20 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
     name_nodes(model)
     keep = {k for k in keep_float if not k.startswith(TENSOR_UNIT)}
     float_tensors = {k[len(TENSOR_UNIT):] for k in keep_float if k.startswith(TENSOR_UNIT)}
+    if placement not in PLACEMENTS:
+        raise QuantizeError(f"unknown placement '{placement}'; choose from {', '.join(PLACEMENTS)}")
     index = GraphIndex(model.graph)
-    plan = QdqPlan(qt)
+    plan = QdqPlan(qt, placement=placement)
     quantized = plan.activations  # tensor → parameter source
+    elementwise = placement == "elementwise"
+
+    def quantize_constant(tensor: str) -> bool:
+        value = index.constant(tensor)
+        if value is None or value.dtype not in (np.float32, np.float64) or not np.all(np.isfinite(value)):
+            return False
+        plan.constants[tensor] = (float(min(value.min(), 0.0)), float(max(value.max(), 0.0)))
+        quantized[tensor] = tensor
+        return True
 
     def quantize_output(tensor: str, source: str | None = None) -> None:
         if tensor in index.graph_outputs:  # the model's outputs stay float (QGemm/QLinearConv can emit float)
@@ -224,12 +245,19 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
             continue
         elif op in SAME_SCALE_OPS and node.input and node.input[0] in quantized:
             quantize_output(node.output[0], quantized[node.input[0]])
+        elif elementwise and op in ELEMENTWISE_OPS and len(node.input) == 2 and \
+                all(t in quantized or index.is_constant(t) for t in node.input) and \
+                any(t in quantized and t not in plan.constants for t in node.input):
+            if all(t in quantized or quantize_constant(t) for t in node.input):
+                quantize_output(past_activation(node.output[0]))
         elif op in OWN_RANGE_OPS and node.input and \
                 all(t in quantized for t in node.input if not index.is_constant(t)) and \
                 any(t in quantized for t in node.input):  # at least one quantized (float) data input
             if op == "Add" and any(index.is_constant(t) for t in node.input):
                 continue  # Add of a constant is a bias: nothing integer to gain
             quantize_output(past_activation(node.output[0]) if op == "Add" else node.output[0])
+        elif elementwise and op in UNARY_OPS and node.input[0] in quantized and node.output[0] not in quantized:
+            quantize_output(node.output[0])
         elif op in ACTIVATION_OPS and node.input[0] in quantized and node.output[0] not in quantized:
             quantize_output(node.output[0])
     if not plan.weighted:
@@ -303,6 +331,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
     _require_opset(model, 13)  # per-axis QuantizeLinear/DequantizeLinear
     qt = plan.target
     report = PassReport("qdq", before=graph_counts(model))
+    ranges = {**plan.constants, **ranges}
     missing = [t for t in plan.calibrated if t not in ranges]
     if missing:
         raise QuantizeError(f"the ranges table lacks {len(missing)} tensors the plan needs, e.g. {missing[0]} "
@@ -310,7 +339,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
     graph = model.graph
     index = GraphIndex(graph)
     build = _Builder(graph)
-    params = {t: activation_params(*ranges[t], qt) for t in plan.calibrated}
+    params = {t: activation_params(*ranges[t], qt) for t in (*plan.calibrated, *plan.constants)}
     params.update({t: params[src] for t, src in plan.activations.items() if t != src})
 
     # uint8 with zero point 0: Q already clamps at 0, so a Relu (or Clip(0, m) with m ≥ the range) before
@@ -466,6 +495,29 @@ def _require_opset(model: onnx.ModelProto, version: int) -> None:
         if opset.domain in ("", "ai.onnx") and opset.version < version:
             raise QuantizeError(f"the model is opset {opset.version}; per-channel Q/DQ needs opset ≥ {version} "
                                 f"(re-export with --opset 17)")
+
+
+def divisions_to_products(model: onnx.ModelProto) -> int:
+    """Div by a nonzero float constant → Mul by its reciprocal, in place (ONNX Runtime has QLinearMul, no
+    integer Div). Not bit-exact: 1/c is rounded once (≤ 1 ulp relative). Returns how many were rewritten."""
+    index = GraphIndex(model.graph)
+    names = NameAllocator(model.graph)
+    count, reciprocals = 0, {}
+    for node in model.graph.node:
+        if node.op_type != "Div" or len(node.input) != 2:
+            continue
+        value = index.constant(node.input[1])
+        if value is None or value.dtype not in (np.float32, np.float64) or np.any(value == 0) or \
+                index.is_constant(node.input[0]):
+            continue
+        if node.input[1] not in reciprocals:  # one reciprocal per divisor, however many divide by it
+            name = names.fresh(f"{node.input[1]}_reciprocal")
+            model.graph.initializer.append(numpy_helper.from_array(
+                (1.0 / value.astype(np.float64)).astype(value.dtype), name))
+            reciprocals[node.input[1]] = name
+        node.op_type, node.input[1] = "Mul", reciprocals[node.input[1]]
+        count += 1
+    return count
 
 
 def with_outputs(model: onnx.ModelProto, tensors: Iterable[str],

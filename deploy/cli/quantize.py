@@ -92,6 +92,12 @@ def quantize(
                      "(budget or preset): second-tier PTQ before mixed precision — GPTQ weight rounding and "
                      "empirical bias correction on the calibration data, each kept only when the held-out score "
                      "improves.")] = True,
+    placement: Annotated[str, typer.Option("--placement", help="Where Q/DQ go: 'convs' (around Conv/Gemm/"
+                         "MatMul, Add, Concat, pooling: float ops between them run in float), 'elementwise' (also "
+                         "Add/Mul with constants, Mul of activations, Sigmoid and other elementwise outputs: a "
+                         "HardSwish or SiLU between integer convs stays integer), or 'auto' (ort-cpu: both judged "
+                         "and timed at batch 1 against fp32, the faster kept unless it misses the preset the "
+                         "other meets).")] = "auto",
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds tier 2 may take (it stops "
                            "between layers and says so). Default: no limit.")] = None,
     json_path: Json = None,
@@ -126,7 +132,8 @@ def quantize(
         eval_samples=eval_samples, counts_given=(samples, eval_samples) != (128, 64), batch=run_batch,
         max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
         threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()),
-        keep_failed=keep_failed, allow_poor=allow_poor, aim_preset=mixed, tier2=tier2, time_budget=time_budget)
+        keep_failed=keep_failed, allow_poor=allow_poor, aim_preset=mixed, tier2=tier2, time_budget=time_budget,
+        placement=placement)
     with err.status("quantizing", spinner="dots") as status:
         report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
     print_quantize(report, out)
