@@ -581,43 +581,74 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     report.seconds["tournament" if options.method == "auto" else "score"] = time.perf_counter() - t0
 
     timing_feed = judge.feeds[0] if options.fixed_batch else {k: v[:1] for k, v in judge.feeds[0].items()}
+    order, first_scores = placements, {placements[0]: best}
     if len(placements) > 1:
         t0 = time.perf_counter()
-        best = _choose_placement(fp32, placements, ranges, keep, judge, build, timing_feed, options, report, say)
-        current[0] = report.placement["chosen"]
-        plan = plans[current[0]]
+        order, first_scores = _order_placements(fp32, placements, ranges, keep, judge, build, timing_feed, options,
+                                                report, say)
         report.seconds["placement"] = time.perf_counter() - t0
-    kept = set(keep)
     report.budget = _budget_text(options, held.labels is not None)
-    tournament_failures = judge.preset_failures(build(ranges, keep)[0], "int8")
-    report.steps.append(_step("tournament", best, tournament_failures, 0))
-    macs = _layer_macs(fp32, plan, judge.feeds[0])
-    aiming = report.budget is None
-    missed = tournament_failures if aiming else report.budget is not None and not _meets(judge, best, options)
-    if options.tier2 and missed:
-        best, tournament_failures = _tier2(fp32, plan, ranges, keep, judge, batches, options, report, build, say,
-                                           best, tournament_failures, quantized_weights, corrections)
-    final_score = best
-    if report.budget is not None:
-        report.budget_met = _meets(judge, best, options)
-        if not report.budget_met:
+    macs = _layer_macs(fp32, plans[order[0]], judge.feeds[0])
+
+    def settle(name: str) -> tuple[set[str], Score, list[str]]:
+        """Tier 2, then the budget's fallback or mixed precision, on placement ``name``: (kept, score, failures)."""
+        current[0] = name
+        quantized_weights.clear()
+        corrections.clear()
+        plan = plans[name]
+        best = first_scores[name]
+        label = "tournament" if len(order) == 1 else f"tournament, {name} placement"
+        failures = judge.preset_failures(build(ranges, keep)[0], "int8")
+        report.steps.append(_step(label, best, failures, 0))
+        missed = failures if report.budget is None else not _meets(judge, best, options)
+        if options.tier2 and missed:
+            best, failures = _tier2(fp32, plan, ranges, keep, judge, batches, options, report, build, say,
+                                    best, failures, quantized_weights, corrections)
+        kept, final_score = set(keep), best
+        if report.budget is not None:
+            report.budget_met = _meets(judge, best, options)
+            if not report.budget_met:
+                t0 = time.perf_counter()
+                kept, final_score = _fallback(bases[name], plan, ranges, keep, judge, options, report, build, say,
+                                              best)
+                report.seconds["sensitivity"] = report.seconds.get("sensitivity", 0.0) + time.perf_counter() - t0
+        elif options.aim_preset and failures:  # the all-int8 result so far (after tier 2) misses it
+            # No budget: deploy check's int8 preset is the aim. Mixed precision: the units whose float form
+            # comes nearest the preset go back to float, one at a time, until it holds on the held-out data.
+            say("the all-int8 result misses deploy check's int8 preset: mixed precision until it holds")
             t0 = time.perf_counter()
-            kept, final_score = _fallback(bases[current[0]], plan, ranges, keep, judge, options, report, build, say,
-                                          best)
-            report.seconds["sensitivity"] = time.perf_counter() - t0
-    elif options.aim_preset and report.steps[-1]["preset_failures"]:
-        # No budget: deploy check's int8 preset is the aim. Mixed precision: the units whose float form
-        # comes nearest the preset go back to float, one at a time, until it holds on the held-out data.
-        say("the all-int8 result misses deploy check's int8 preset: mixed precision until it holds")
-        t0 = time.perf_counter()
-        kept, final_score = _fallback(bases[current[0]], plan, ranges, keep, judge, options, report, build, say, best,
-                                      meets=lambda model, _score: not judge.preset_failures(model, "int8"),
-                                      aim="deploy check's int8 preset", macs=macs)
-        report.seconds["mixed precision"] = time.perf_counter() - t0
+            kept, final_score = _fallback(bases[name], plan, ranges, keep, judge, options, report, build, say, best,
+                                          meets=lambda model, _score: not judge.preset_failures(model, "int8"),
+                                          aim="deploy check's int8 preset", macs=macs)
+            report.seconds["mixed precision"] = (report.seconds.get("mixed precision", 0.0)
+                                                 + time.perf_counter() - t0)
+        if kept != set(keep):  # the tournament's file again when nothing went back to float: verdict known
+            failures = judge.preset_failures(build(ranges, kept)[0], "int8")
+        return kept, final_score, failures
+
+    # the preferred placement first; one that ends short of the aim gives way to the next (the fastest that
+    # still meets it is kept — issue "int8 as fast as the runtime allows")
+    outcomes = {}
+    for i, name in enumerate(order):
+        kept, final_score, failures = settle(name)
+        outcomes[name] = (kept, final_score, failures, dict(quantized_weights), dict(corrections), report.budget_met)
+        if not failures and report.budget_met is not False:
+            break
+        if i < len(order) - 1:
+            report.notes.append(f"placement {name} ended short of the aim ({'; '.join(failures) or report.budget})"
+                                f": trying {order[i + 1]}")
+    else:  # none meets the aim: the preferred placement's result is the one judged
+        current[0] = order[0]
+        kept, final_score, failures, weights, found, report.budget_met = outcomes[order[0]]
+        quantized_weights.clear()
+        quantized_weights.update(weights)
+        corrections.clear()
+        corrections.update(found)
+    if report.placement is not None:
+        report.placement["chosen"] = current[0]
     model, pass_report, final_plan = build(ranges, kept)
     report.final = final_score
-    # the tournament's file again when nothing went back to float: its verdict is already known
-    report.preset_failures = tournament_failures if kept == set(keep) else judge.preset_failures(model, "int8")
+    report.preset_failures = failures
     report.allowed_poor = bool(report.preset_failures) and options.allow_poor
     report.kept_float = sorted(kept)
     if kept != set(keep):
@@ -662,11 +693,14 @@ def _placements(options: QuantizeOptions) -> list[str]:
     return ["convs", "elementwise"] if options.target == "ort-cpu" and options.measure else ["convs"]
 
 
-def _choose_placement(fp32, placements: list[str], ranges, keep: set[str], judge: _Judge, build, feeds,
-                      options: QuantizeOptions, report: QuantizeReport, say) -> Score:
+def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge: _Judge, build, feeds,
+                      options: QuantizeOptions, report: QuantizeReport, say) -> tuple[list[str], dict[str, Score]]:
     """Each placement with the tournament's ranges, judged on the held-out data and timed against fp32 in one
-    interleaved run: one that meets the preset beats one that does not; between equals, the faster wins when
-    it takes at most PLACEMENT_GAIN of the other's time, else the nearer to the preset (its shortfall)."""
+    interleaved run, in order of preference: one that meets the preset before one that does not; between
+    equals, the faster first when it takes at most PLACEMENT_GAIN of the other's time, else the nearer to the
+    preset (its shortfall). Returns (the order, each placement's score)."""
+    import functools
+
     say(f"placement: {' vs '.join(placements)}, judged and timed")
     models, found = {}, {}
     for name in placements:
@@ -678,27 +712,25 @@ def _choose_placement(fp32, placements: list[str], ranges, keep: set[str], judge
     for name, ms in zip(placements, medians):
         found[name]["ms"] = ms
 
-    def better(a: str, b: str) -> bool:
+    def before(a: str, b: str) -> int:
         pa, pb = found[a]["diff"].passed, found[b]["diff"].passed
         if pa != pb:
-            return pa
+            return -1 if pa else 1
         if found[a]["ms"] <= PLACEMENT_GAIN * found[b]["ms"]:
-            return True
+            return -1
         if found[b]["ms"] <= PLACEMENT_GAIN * found[a]["ms"]:
-            return False
-        return found[a]["diff"].shortfall() < found[b]["diff"].shortfall()
+            return 1
+        return -1 if found[a]["diff"].shortfall() <= found[b]["diff"].shortfall() else 1
 
-    chosen = placements[0]
-    for name in placements[1:]:
-        if better(name, chosen):
-            chosen = name
+    order = sorted(placements, key=functools.cmp_to_key(before))
     report.placement = {
-        "chosen": chosen, "batch": len(next(iter(feeds.values()))), "fp32_ms": round(fp32_ms, 3), "rounds": rounds,
+        "chosen": order[0], "order": order, "batch": len(next(iter(feeds.values()))), "fp32_ms": round(fp32_ms, 3),
+        "rounds": rounds,
         "candidates": {n: {"int8_ms": round(f["ms"], 3), "ratio": round(f["ms"] / fp32_ms, 3),
                            "centred_sqnr_db": _step("", f["score"], [], 0)["centred_sqnr_db"],
                            "preset_failures": f["diff"].failures,
                            "preset_shortfall": round(f["diff"].shortfall(), 6)} for n, f in found.items()}}
-    return found[chosen]["score"]
+    return order, {n: f["score"] for n, f in found.items()}
 
 
 TIER2_SAMPLES = 32  # calibration samples GPTQ's Gram matrices come from
