@@ -48,7 +48,10 @@ def ort_quantize(fp32: Path, out: Path, calib: np.ndarray, activation: str, meth
 
     start = time.perf_counter()
     pre = out.with_name(out.stem + ".pre.onnx")
-    quant_pre_process(str(fp32), str(pre))
+    try:
+        quant_pre_process(str(fp32), str(pre))
+    except Exception:  # its symbolic shape inference fails on some exporters' graphs (PaddleOCR's Concat)
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     name = onnx.load(str(pre)).graph.input[0].name
     quantize_static(str(pre), str(out), _reader(calib, name, batch), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8 if activation == "u8" else QuantType.QInt8,
