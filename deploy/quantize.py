@@ -598,12 +598,13 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         plan = plans[name]
         best = first_scores[name]
         label = "tournament" if len(order) == 1 else f"tournament, {name} placement"
-        failures = judge.preset_failures(build(ranges, keep)[0], "int8")
+        diff = judge.preset_diff(build(ranges, keep)[0], "int8")
+        failures = diff.failures
         report.steps.append(_step(label, best, failures, 0))
         missed = failures if report.budget is None else not _meets(judge, best, options)
         if options.tier2 and missed:
             best, failures = _tier2(fp32, plan, ranges, keep, judge, batches, options, report, build, say,
-                                    best, failures, quantized_weights, corrections)
+                                    best, diff, quantized_weights, corrections)
         kept, final_score = set(keep), best
         if report.budget is not None:
             report.budget_met = _meets(judge, best, options)
@@ -738,7 +739,7 @@ BIAS_SAMPLES = 16  # calibration samples bias correction's channel means come fr
 
 
 def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, options: QuantizeOptions,
-           report: QuantizeReport, build, say, best: Score, failures: list[str], quantized_weights: dict,
+           report: QuantizeReport, build, say, best: Score, diff, quantized_weights: dict,
            corrections: dict) -> tuple[Score, list[str]]:
     """Second-tier PTQ on the tournament's ranges: GPTQ weight rounding, then empirical bias correction. Aiming
     at the preset, each is kept only when the held-out result comes nearer it (its shortfall); with a budget,
@@ -750,13 +751,12 @@ def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, 
         return None if options.time_budget is None else max(0.0, options.time_budget - (time.perf_counter() - start))
 
     aiming = report.budget is None
-    shortfall = [judge.preset_diff(build(ranges, keep)[0], "int8").shortfall()]
+    failures, shortfall = diff.failures, [diff.shortfall()]  # the all-int8 file's, as judged by the caller
 
     def judged(name: str, summary: str, t0: float) -> bool:
         nonlocal best, failures
         model = build(ranges, keep)[0]
-        score = judge.score(model, name)
-        diff = judge.preset_diff(model, "int8")
+        score, diff = judge.score_and_preset(model, name)
         now = diff.failures
         seconds = time.perf_counter() - t0
         report.seconds[name] = seconds
@@ -970,9 +970,9 @@ def _aim(fp32, plan: QdqPlan, ranking, ranges, keep: set[str], judge: _Judge, re
         tries += 1
         say(f"mixed precision: try {tries}, {kept_text(candidate - set(keep))} in float")
         model = build(ranges, candidate)[0]
-        diff = judge.preset_diff(model, "int8")
+        score, diff = judge.score_and_preset(model, f"{len(candidate - set(keep))} in float")
         if diff.passed:
-            return candidate, judge.score(model, f"{len(candidate - set(keep))} in float")
+            return candidate, score
         if diff.shortfall() < nearest:
             kept, nearest = candidate, diff.shortfall()
     why = f"{tries} file(s) tried, {kept_text(kept - set(keep)) or 'nothing'} in float at the nearest"

@@ -80,30 +80,30 @@ def _from_rows(layer: _Layer, rows: np.ndarray) -> np.ndarray:
 
 
 def _layers(model: onnx.ModelProto, names: Sequence[str]) -> tuple[list[_Layer], dict[str, str]]:
+    """The named layers with their weight and per-channel axis as insert_qdq quantizes them (qdq.weight_input)."""
+    from .qdq import weight_input
+
     index = GraphIndex(model.graph)
     wanted = set(names)
     layers, skipped = [], {}
     for node in model.graph.node:
         if node.name not in wanted:
             continue
-        weight = index.constant(node.input[1]) if len(node.input) > 1 else None
-        if weight is None:
-            skipped[node.name] = "weight is not a constant"
+        found = weight_input(index, node)
+        if found is None or node.op_type not in ("Conv", "Gemm", "MatMul"):
+            skipped[node.name] = f"{node.op_type} weight layout not handled"
+            continue
+        weight, axis = found
+        if node.op_type != "Conv":
+            layers.append(_Layer(node, weight, axis))
             continue
         attrs = attributes(node)
-        if node.op_type == "Conv":
-            if weight.ndim != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-                skipped[node.name] = "only 2-D convs with explicit pads"
-                continue
-            conv = {"kernel": weight.shape[2:], "strides": tuple(attrs.get("strides", (1, 1))),
-                    "dilations": tuple(attrs.get("dilations", (1, 1))), "pads": tuple(attrs.get("pads", (0, 0, 0, 0)))}
-            layers.append(_Layer(node, weight, 0, int(attrs.get("group", 1)), conv))
-        elif node.op_type == "Gemm" and weight.ndim == 2 and not attrs.get("transA", 0):
-            layers.append(_Layer(node, weight, 0 if attrs.get("transB", 0) else 1))
-        elif node.op_type == "MatMul" and weight.ndim == 2:
-            layers.append(_Layer(node, weight, 1))
-        else:
-            skipped[node.name] = f"{node.op_type} weight layout not handled"
+        if weight.ndim != 4 or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            skipped[node.name] = "only 2-D convs with explicit pads"
+            continue
+        conv = {"kernel": weight.shape[2:], "strides": tuple(attrs.get("strides", (1, 1))),
+                "dilations": tuple(attrs.get("dilations", (1, 1))), "pads": tuple(attrs.get("pads", (0, 0, 0, 0)))}
+        layers.append(_Layer(node, weight, axis, int(attrs.get("group", 1)), conv))
     return layers, skipped
 
 

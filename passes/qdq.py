@@ -129,7 +129,7 @@ def name_nodes(model: onnx.ModelProto) -> None:
             taken.add(name)
 
 
-def _weight_input(index: GraphIndex, node: onnx.NodeProto) -> tuple[np.ndarray, int] | None:
+def weight_input(index: GraphIndex, node: onnx.NodeProto) -> tuple[np.ndarray, int] | None:
     """(weight, per-channel axis) of a Conv/Gemm/MatMul whose weight is a float constant, else None."""
     if len(node.input) < 2:
         return None
@@ -156,7 +156,7 @@ def resolve_keep_float(model: onnx.ModelProto, items: Iterable[str]) -> set[str]
     in graph order)."""
     name_nodes(model)
     index = GraphIndex(model.graph)
-    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and _weight_input(index, n) is not None]
+    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and weight_input(index, n) is not None]
     by_name = {n.name: n for n in model.graph.node}
     ops = {n.op_type for n in model.graph.node}
     tensors = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
@@ -228,7 +228,7 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
             plan.kept[node.name] = f"{qt.name} has no integer {op} kernel"
             continue
         if op in WEIGHTED_OPS:
-            if _weight_input(index, node) is None:
+            if weight_input(index, node) is None:
                 plan.kept[node.name] = "weight is not a float constant"
                 continue
             if node.name in keep:
@@ -372,7 +372,7 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
     for node in graph.node:
         if node.name not in weighted:
             continue
-        weight, axis = _weight_input(index, node)
+        weight, axis = weight_input(index, node)
         key = (node.input[1], axis)
         if key not in weight_cache:
             if weights is not None and key not in weights:

@@ -85,9 +85,10 @@ def quantize(
                                              "check`'s preset for its precision on the held-out data (int8: "
                                              "cosine ≥ 0.99, every channel ≥ 3 dB), with a loud POOR line and "
                                              "exit 0. Default: such a file is FAILED, exit 1, not written.")] = False,
-    mixed: Annotated[bool, typer.Option("--mixed/--no-mixed", help="With no budget: when the tournament's best "
-                     "misses deploy check's int8 preset, keep the most sensitive layers in float, one at a time, "
-                     "until it holds (mixed precision). --no-mixed judges the tournament's best as it is.")] = True,
+    mixed: Annotated[bool, typer.Option("--mixed/--no-mixed", help="With no budget: when the all-int8 result "
+                     "(after tier 2) misses deploy check's int8 preset, put layers and tensors back in float, one "
+                     "at a time, each kept only when the result comes nearer, until it holds (mixed precision). "
+                     "--no-mixed judges the all-int8 result as it is.")] = True,
     tier2: Annotated[bool, typer.Option("--tier2/--no-tier2", help="When the tournament's best misses the aim "
                      "(budget or preset): second-tier PTQ before mixed precision — GPTQ weight rounding and "
                      "empirical bias correction on the calibration data, each kept only when the held-out score "
