@@ -31,6 +31,7 @@ from .compare import diff_output
 from .errors import BadInputError
 from .export import export_onnx, finalize, onnx_output_path, save_onnx
 from .passes.bias_correction import fold_corrections, measure_corrections
+from .passes.equalize import Equalization, equalize
 from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
 from .passes.qdq import (
     PLACEMENTS,
@@ -306,7 +307,7 @@ def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: di
     """Median latency of fp32 and int8 sessions run alternately on one batch (a quick look, not a bench:
     interleaving makes the ratio fair on a noisy machine)."""
     fp32_ms, (int8_ms,), runs = _interleaved_medians(fp32, [int8], feeds, threads, seconds)
-    return {"fp32_ms": round(fp32_ms, 3), "int8_ms": round(int8_ms, 3), "ratio": round(int8_ms / fp32_ms, 3),
+    return {"fp32_ms": round(fp32_ms, 5), "int8_ms": round(int8_ms, 5), "ratio": round(int8_ms / fp32_ms, 3),
             "runs": runs, "batch": len(next(iter(feeds.values())))}
 
 
@@ -541,6 +542,16 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     collector = collect_histograms(run, batches, progress=tick, max_samples=HISTOGRAM_SAMPLES)
     report.seconds["calibrate"] = time.perf_counter() - t0
 
+    def recalibrate(model: onnx.ModelProto, tensors: list[str]) -> dict:
+        """Ranges of ``tensors`` in ``model`` by the tournament's method, over the same calibration batches."""
+        tensors = [t for t in dict.fromkeys(tensors) if t in measured]
+        if not tensors:
+            return {}
+        say(f"measuring {len(tensors)} equalized tensor(s) again")
+        found = collect_histograms(run_function(cpu_session(with_outputs(model, tensors), options.threads), tensors),
+                                   batches, max_samples=HISTOGRAM_SAMPLES)
+        return compute_ranges(found, report.chosen, unsigned=target.unsigned)
+
     quantized_weights: dict = {}
     corrections: dict[str, np.ndarray] = {}  # tier 2's bias correction, per quantized layer
 
@@ -597,14 +608,23 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
         corrections.clear()
         plan = plans[name]
         best = first_scores[name]
+        ranges = dict(tournament_ranges)  # tier 2's equalization may measure some again, for this placement
         label = "tournament" if len(order) == 1 else f"tournament, {name} placement"
         diff = judge.preset_diff(build(ranges, keep)[0], "int8")
         failures = diff.failures
         report.steps.append(_step(label, best, failures, 0))
         missed = failures if report.budget is None else not _meets(judge, best, options)
         if options.tier2 and missed:
-            best, failures = _tier2(fp32, plan, ranges, keep, judge, batches, options, report, build, say,
-                                    best, diff, quantized_weights, corrections)
+            def equalized() -> tuple[onnx.ModelProto, dict, Equalization]:
+                model = _copy(bases[name])
+                found = equalize(model, exclude=keep)
+                return model, recalibrate(model, found.changed_tensors), found
+
+            def use_base(model: onnx.ModelProto) -> None:
+                bases[name] = model
+
+            best, failures = _tier2(bases[name], plan, ranges, keep, judge, batches, options, report, build, say,
+                                    best, diff, quantized_weights, corrections, equalized, use_base)
         kept, final_score = set(keep), best
         if report.budget is not None:
             report.budget_met = _meets(judge, best, options)
@@ -625,14 +645,16 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
                                                  + time.perf_counter() - t0)
         if kept != set(keep):  # the tournament's file again when nothing went back to float: verdict known
             failures = judge.preset_failures(build(ranges, kept)[0], "int8")
-        return kept, final_score, failures
+        return kept, final_score, failures, ranges
 
     # the preferred placement first; one that ends short of the aim gives way to the next (the fastest that
     # still meets it is kept — issue "int8 as fast as the runtime allows")
     outcomes = {}
+    tournament_ranges = ranges
     for i, name in enumerate(order):
-        kept, final_score, failures = settle(name)
-        outcomes[name] = (kept, final_score, failures, dict(quantized_weights), dict(corrections), report.budget_met)
+        kept, final_score, failures, ranges = settle(name)
+        outcomes[name] = (kept, final_score, failures, dict(quantized_weights), dict(corrections), report.budget_met,
+                          ranges)
         if not failures and report.budget_met is not False:
             break
         if i < len(order) - 1:
@@ -640,7 +662,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
                                 f": trying {order[i + 1]}")
     else:  # none meets the aim: the preferred placement's result is the one judged
         current[0] = order[0]
-        kept, final_score, failures, weights, found, report.budget_met = outcomes[order[0]]
+        kept, final_score, failures, weights, found, report.budget_met, ranges = outcomes[order[0]]
         quantized_weights.clear()
         quantized_weights.update(weights)
         corrections.clear()
@@ -725,9 +747,9 @@ def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge
 
     order = sorted(placements, key=functools.cmp_to_key(before))
     report.placement = {
-        "chosen": order[0], "order": order, "batch": len(next(iter(feeds.values()))), "fp32_ms": round(fp32_ms, 3),
+        "chosen": order[0], "order": order, "batch": len(next(iter(feeds.values()))), "fp32_ms": round(fp32_ms, 5),
         "rounds": rounds,
-        "candidates": {n: {"int8_ms": round(f["ms"], 3), "ratio": round(f["ms"] / fp32_ms, 3),
+        "candidates": {n: {"int8_ms": round(f["ms"], 5), "ratio": round(f["ms"] / fp32_ms, 4),
                            "centred_sqnr_db": _step("", f["score"], [], 0)["centred_sqnr_db"],
                            "preset_failures": f["diff"].failures,
                            "preset_shortfall": round(f["diff"].shortfall(), 6)} for n, f in found.items()}}
@@ -738,12 +760,15 @@ TIER2_SAMPLES = 32  # calibration samples GPTQ's Gram matrices come from
 BIAS_SAMPLES = 16  # calibration samples bias correction's channel means come from (one run per layer)
 
 
-def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, options: QuantizeOptions,
+def _tier2(fp32, plan: QdqPlan, ranges: dict, keep: set[str], judge: _Judge, batches, options: QuantizeOptions,
            report: QuantizeReport, build, say, best: Score, diff, quantized_weights: dict,
-           corrections: dict) -> tuple[Score, list[str]]:
-    """Second-tier PTQ on the tournament's ranges: GPTQ weight rounding, then empirical bias correction. Aiming
-    at the preset, each is kept only when the held-out result comes nearer it (its shortfall); with a budget,
-    when the budget's measure improves without a new preset failure. Each step is reported with its time."""
+           corrections: dict, equalized=None, use_base=None) -> tuple[Score, list[str]]:
+    """Second-tier PTQ on the tournament's ranges: cross-layer equalization (``equalized()`` returns the
+    equalized fp32 graph, the ranges measured again and the pass's report; ``use_base`` adopts the graph), GPTQ
+    weight rounding, then empirical bias correction. Aiming at the preset, each is kept only when the held-out
+    result comes nearer it (its shortfall); with a budget, when the budget's measure improves without a new
+    preset failure. Each step is reported with its time. ``ranges`` is updated in place when equalization is
+    kept."""
     feeds = _first_samples(batches, TIER2_SAMPLES)
     start = time.perf_counter()
 
@@ -773,6 +798,27 @@ def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, 
             best, failures = score, now
         return kept_it
 
+    def met() -> bool:
+        return _meets(judge, best, options) if report.budget is not None else not failures
+
+    if equalized is not None:
+        t0 = time.perf_counter()
+        model, measured, found = equalized()
+        if not found.pairs:
+            report.notes.append(found.summary())
+        else:
+            before, original = dict(ranges), fp32
+            ranges.update(measured)
+            use_base(model)
+            fp32 = model
+            if not judged("cross-layer equalization", found.summary(), t0):
+                ranges.clear()
+                ranges.update(before)
+                use_base(original)
+                fp32 = original
+        if met():
+            return best, failures
+
     from .passes.gptq import gptq_weights, input_tensors
 
     t0 = time.perf_counter()
@@ -785,7 +831,7 @@ def _tier2(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, batches, 
     if rounding.weights and not judged("GPTQ rounding", rounding.summary(), t0):
         quantized_weights.clear()
         quantized_weights.update(saved)
-    if (_meets(judge, best, options) if report.budget is not None else not failures):
+    if met():
         return best, failures  # the aim is met: no need for more
     if left() is not None and left() <= 0:
         report.notes.append("bias correction skipped: --time-budget spent")
