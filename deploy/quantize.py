@@ -807,14 +807,17 @@ def _tier2(fp32, plan: QdqPlan, ranges: dict, keep: set[str], judge: _Judge, bat
         if not found.pairs:
             report.notes.append(found.summary())
         else:
-            before, original = dict(ranges), fp32
+            before, original, cached = dict(ranges), fp32, dict(quantized_weights)
             ranges.update(measured)
             use_base(model)
+            quantized_weights.clear()  # the cache holds the weights before equalization
             fp32 = model
             if not judged("cross-layer equalization", found.summary(), t0):
                 ranges.clear()
                 ranges.update(before)
                 use_base(original)
+                quantized_weights.clear()
+                quantized_weights.update(cached)
                 fp32 = original
         if met():
             return best, failures
