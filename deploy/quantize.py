@@ -34,8 +34,11 @@ from .passes.bias_correction import fold_corrections, measure_corrections
 from .passes.equalize import Equalization, equalize
 from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
 from .passes.qdq import (
+    ELEMENTWISE_OPS,
+    OWN_RANGE_OPS,
     PLACEMENTS,
     TARGETS,
+    UNARY_OPS,
     QdqPlan,
     QuantizeError,
     divisions_to_products,
@@ -517,6 +520,8 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     # every planned tensor, the inherited ones too: keeping a layer in float during the fallback can turn
     # a tensor that inherits its parameters (a Flatten output) into one that needs its own range
     wanted = list(dict.fromkeys(t for p in plans.values() for t in p.activations if t not in p.constants))
+    if "elementwise" in plans:  # mixed precision may keep an elementwise node float: its neighbours need ranges
+        wanted = list(dict.fromkeys([*wanted, *_elementwise_neighbours(bases["elementwise"], plans["elementwise"])]))
     measured = [t for t in wanted if t not in graph_inputs]
     session = cpu_session(with_outputs(fp32, measured), options.threads)
     run_model = run_function(session, measured)
@@ -936,7 +941,7 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
         return set(keep), base
     ranking = []
     quarter = max(1, len(judge.feeds) // 4) if macs is not None and len(judge.feeds) >= 4 else None
-    units = [*plan.weighted, *(tensor_unit(t) for t in plan.calibrated)]
+    units = [*plan.weighted, *(tensor_unit(t) for t in plan.calibrated), *_elementwise_units(fp32, plan, keep)]
     shortfall = {}
     for i, layer in enumerate(units, 1):
         say(f"sensitivity: {layer} ({i}/{len(units)})")
@@ -974,6 +979,38 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     report.notes.append(f"no fallback meets the budget ({aim}): with all but one quantized layer in float the "
                         f"result still falls short")
     return best_kept, best
+
+
+def _elementwise_neighbours(model: onnx.ModelProto, plan: QdqPlan) -> list[str]:
+    """Outputs of the elementwise nodes next to what ``plan`` quantizes: with one of those nodes kept in float
+    (:func:`_elementwise_units`), a tensor beside it may need a range of its own."""
+    ops = {*ELEMENTWISE_OPS, *UNARY_OPS, *OWN_RANGE_OPS}
+    quantized = plan.activations
+    graph_outputs = {o.name for o in model.graph.output}
+    return [out for node in model.graph.node if node.op_type in ops
+            and any(t in quantized for t in (*node.input, *node.output))
+            for out in node.output if out not in graph_outputs and out not in plan.constants]
+
+
+def _elementwise_units(fp32, plan: QdqPlan, keep: set[str]) -> list[str]:
+    """In the elementwise placement, each Add/Mul/Sigmoid/Clip… node whose output it quantizes and the convs
+    placement does not: kept in float, that node runs as the convs placement runs it (a float island) while the
+    layers around it stay int8, each reading on its own range — the step between the two placements."""
+    if plan.placement != "elementwise":
+        return []
+    try:
+        convs = plan_qdq(fp32, plan.target, keep, "convs")
+    except QuantizeError:
+        return []
+    producer = {out: node for node in fp32.graph.node for out in node.output}
+    units = []
+    for tensor in plan.activations:
+        node = producer.get(tensor)
+        if tensor in convs.activations or tensor in plan.constants or node is None:
+            continue
+        if node.name not in plan.weighted and node.name not in keep and node.name not in units:
+            units.append(node.name)
+    return units
 
 
 MAX_AIM_STEPS = 24  # files judged by mixed precision's search before it gives up

@@ -41,7 +41,8 @@ class BiasCorrection:
 
     corrections: dict[str, np.ndarray] = field(default_factory=dict)
     shift_before: dict[str, float] = field(default_factory=dict)  # mean |E fp32 − E int8| per layer, uncorrected
-    shift_after: dict[str, float] = field(default_factory=dict)  # the same after the last sweep
+    shift_after: dict[str, float] = field(default_factory=dict)  # as measured in the last sweep (before its fold)
+    sweeps: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     runs: int = 0
     seconds: float = 0.0
@@ -51,7 +52,9 @@ class BiasCorrection:
         before = float(np.mean(list(self.shift_before.values()))) if self.shift_before else 0.0
         after = float(np.mean(list(self.shift_after.values()))) if self.shift_after else 0.0
         budget = " (time budget reached)" if self.stopped_early else ""
-        return (f"bias correction: {len(self.corrections)} layer(s), mean channel shift {before:.3g} → {after:.3g} "
+        # one sweep measures each shift once, with the corrections before it applied: nothing measures "after"
+        shift = f"{before:.3g} → {after:.3g} left" if self.sweeps > 1 else f"{before:.3g} folded into the biases"
+        return (f"bias correction: {len(self.corrections)} layer(s), mean channel shift {shift} "
                 f"in {self.runs} run(s), {self.seconds:.1f} s{budget}")
 
 
@@ -173,6 +176,7 @@ def measure_corrections(
                     result.shift_before[layer] = float(np.abs(shift).mean())
                 result.shift_after[layer] = float(np.abs(shift).mean())
                 correction[layer] = correction[layer] + shift
+        result.sweeps = sweep + 1
         if result.stopped_early:
             break
     result.corrections = {layer: c for layer, c in correction.items() if np.any(c)}

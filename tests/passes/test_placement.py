@@ -108,3 +108,28 @@ def test_quantize_judges_and_times_both_placements(cli, tmp_path):
     assert only.exit_code in (0, 1) and json.loads((tmp_path / "c.json").read_text())["placement"] is None
     bad = cli("quantize", path, "-o", tmp_path / "x.onnx", "--shape", "1,3,32,32", "--placement", "everywhere")
     assert bad.exit_code == 2 and "--placement everywhere" in bad.output and not (tmp_path / "x.onnx").exists()
+
+
+def test_each_elementwise_node_is_a_fallback_unit_and_kept_in_float_it_still_builds(cli, tmp_path):
+    """In the elementwise placement, mixed precision can put back one Add/Clip/Mul as the convs placement runs it:
+    the units list those nodes, and keeping one in float (here the first Clip, so the Add before it needs its
+    own range, which neither placement calibrates by itself) writes a file in which only that island is float."""
+    from deploy.quantize import _elementwise_units
+
+    model = _hardswish_net(1)
+    divisions_to_products(model)
+    plan = plan_qdq(model, get_target("ort-cpu"), placement="elementwise")
+    # div1's output feeds conv2, so both placements quantize it; the second HardSwish's output and the pooling
+    # after it are integer only in the elementwise placement
+    assert _elementwise_units(model, plan, set()) == ["clip1", "mul1", "clip2", "mul2", "div2", "gap"]
+    path = tmp_path / "hswish.onnx"
+    onnx.save(_hardswish_net(1), str(path))
+    out = tmp_path / "q.onnx"
+    result = cli("quantize", path, "-o", out, "--shape", "1,3,32,32", "--samples", "48", "--eval-samples", "32",
+                 "--placement", "elementwise", "--keep-float", "clip1", "--no-tier2", "--no-mixed",
+                 "--allow-poor", "--json", tmp_path / "q.json")
+    assert result.exit_code == 0, result.output
+    ops = json.loads((tmp_path / "q.json").read_text())["integer_kernels"]["ops"]
+    # mul1 reads the float clip1 and div1 (a Mul by 1/6) the float mul1: the rest of the net stays integer
+    assert ops.get("Clip", 0) == 1 and ops.get("Mul", 0) == 2 and ops.get("QLinearMul", 0) == 2, ops
+    assert ops.get("QLinearConv", 0) == 2 and ops.get("QLinearAdd", 0) == 2, ops
