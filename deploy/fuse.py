@@ -23,6 +23,7 @@ from .spec import Artifact, load_onnx_artifact
 
 # Registering the passes is a side effect of importing their modules.
 from .passes import fuse_conv_bn as _fuse_conv_bn  # noqa: F401  isort: skip
+from .passes import onnx_activations as _onnx_activations  # noqa: F401  isort: skip
 from .passes import onnx_reparam as _onnx_reparam  # noqa: F401  isort: skip
 from .passes import reparam as _reparam  # noqa: F401  isort: skip
 

@@ -32,6 +32,7 @@ from .errors import BadInputError
 from .export import export_onnx, finalize, onnx_output_path, save_onnx
 from .passes.bias_correction import fold_corrections, measure_corrections
 from .passes.equalize import Equalization, equalize
+from .passes.onnx_activations import onnx_fuse_hardswish
 from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
 from .passes.qdq import (
     ELEMENTWISE_OPS,
@@ -264,6 +265,30 @@ class _Judge:
     def session(self, model: onnx.ModelProto):
         return cpu_session(model, self.threads)
 
+    def hardest(self, model: onnx.ModelProto, share: float) -> _Judge:
+        """A judge on the held-out samples ``model`` gets most wrong (relative error ‖y − ŷ‖/‖y‖ of the mean-
+        centred outputs, per sample), ``share`` of them in whole runs: the preset's cosine and total variation
+        are low percentiles over samples, so what moves them is decided on the hard samples (as NNCF's accuracy
+        control ranks its fallbacks on the hardest validation items)."""
+        out = self._outputs(model)
+        n = len(out)
+        ref = self.reference[:n].reshape(n, -1).astype(np.float64)
+        got = out.reshape(n, -1).astype(np.float64)
+        ref_c, got_c = ref - ref.mean(axis=1, keepdims=True), got - got.mean(axis=1, keepdims=True)
+        error = np.linalg.norm(got_c - ref_c, axis=1) / np.maximum(np.linalg.norm(ref_c, axis=1), 1e-12)
+        batch = len(next(iter(self.feeds[0].values())))
+        count = min(n, max(batch, -(-round(share * n) // batch) * batch))  # whole runs of the same batch
+        chosen = np.sort(np.argsort(-error, kind="stable")[:count])
+        names = list(self.feeds[0])
+        joined = {k: np.concatenate([f[k] for f in self.feeds])[:n][chosen] for k in names}
+        sub = object.__new__(_Judge)
+        sub.feeds = [{k: v[i:i + batch] for k, v in joined.items()} for i in range(0, count, batch)]
+        sub.labels = None if self.labels is None else self.labels[:n][chosen]
+        sub.threads, sub.output = self.threads, self.output
+        sub.reference = self.reference[:n][chosen]
+        sub.fp32_accuracy = sub._accuracy(sub.reference)
+        return sub
+
     def _accuracy(self, logits: np.ndarray) -> float | None:
         if self.labels is None or logits.ndim != 2:
             return None
@@ -456,6 +481,8 @@ def quantize_artifact(
         if any(n.op_type in ("BatchNormalization", *AFFINE_OPS) for n in fp32.graph.node):
             folded = onnx_fuse_bn(fp32)  # exact: BN and constant per-channel scale/shift into the layers
             fp32, folds = folded.model, len(folded.report.sites)
+        swish = onnx_fuse_hardswish(fp32)  # exact: x·clip(x + 3, 0, 6)/6 as one HardSwish (one float island)
+        fp32 = swish.model
         input_name = fp32.graph.input[0].name
         shape = artifact.input_shape
         report = QuantizeReport(artifact.label, str(output), options.precision, options.target, options.method,
@@ -464,6 +491,10 @@ def quantize_artifact(
         if folds:
             report.notes.append(f"{folds} BatchNormalization / constant per-channel scale or shift node(s) folded "
                                 f"into the adjacent layers first (exact, as deploy fuse does)")
+        if swish.report.sites:
+            report.notes.append(f"{len(swish.report.sites)} HardSwish written as Add/Clip/Mul/Div (or HardSigmoid/"
+                                f"Mul) rewritten as the one HardSwish op first (exact; int8 and its timing are "
+                                f"against this graph in float)")
         report.nodes_before = len(fp32.graph.node)
         report.bytes_before = fp32.ByteSize()
         if options.precision == "fp16":
@@ -927,7 +958,7 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     with its own range (``tensor:NAME``: no Q/DQ on it, so its int8 producer and readers run in float too) —
     an Add, Concat or pooling output, a layer's input, the graph input.
 
-    With ``macs`` (the preset's aim), the ranking is scored on the first quarter of the held-out data and
+    With ``macs`` (the preset's aim), the ranking is scored on the hardest quarter of the held-out data and
     the search stops before more than MAX_FLOAT_MACS of the layers' MACs are in float: int8 must still pay."""
     budget = aim is None
     aim = aim or report.budget
@@ -940,13 +971,18 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
         report.notes.append(f"no fallback is possible: the model has one quantizable layer ({aim} not met)")
         return set(keep), base
     ranking = []
-    quarter = max(1, len(judge.feeds) // 4) if macs is not None and len(judge.feeds) >= 4 else None
+    # aiming at the preset, the units are ranked on the hardest quarter of the samples (one run at least)
+    ranker = judge.hardest(build(ranges, keep)[0], 0.25) \
+        if macs is not None and len(judge.feeds) >= 2 and len(judge.reference) >= 16 else judge
+    if ranker is not judge:
+        report.notes.append(f"sensitivity ranked on the {len(ranker.reference)} held-out samples the all-int8 "
+                            f"result gets most wrong (of {len(judge.reference)})")
     units = [*plan.weighted, *(tensor_unit(t) for t in plan.calibrated), *_elementwise_units(fp32, plan, keep)]
     shortfall = {}
     for i, layer in enumerate(units, 1):
         say(f"sensitivity: {layer} ({i}/{len(units)})")
         model, _, _ = build(ranges, keep | {layer})
-        score, diff = judge.score_and_preset(model, f"float {layer}", quarter)
+        score, diff = ranker.score_and_preset(model, f"float {layer}")
         ranking.append((layer, score))
         shortfall[layer] = diff.shortfall()
     if macs is not None:  # aiming at the preset: nearest the preset first (its own measure), then the score
@@ -954,7 +990,7 @@ def _fallback(fp32, plan: QdqPlan, ranges, keep: set[str], judge: _Judge, option
     else:
         ranking.sort(key=lambda item: item[1].key(), reverse=True)
     # gains against the all-int8 result scored on the same samples as the ranking
-    reference = base if quarter is None else judge.score(build(ranges, keep)[0], "all int8", quarter)
+    reference = base if ranker is judge else ranker.score(build(ranges, keep)[0], "all int8")
     report.sensitivity = [{"layer": layer, "centred_sqnr_db": round(s.centred_sqnr_db, 3),
                            "sqnr_gain_db": round(s.centred_sqnr_db - reference.centred_sqnr_db, 3),
                            "top1_agreement": s.top1_agreement, "accuracy": s.accuracy,

@@ -261,7 +261,9 @@ def test_scores_of_class_like_outputs_rank_by_agreement_first():
 
 def test_mixed_precision_aims_at_the_preset_on_a_real_trained_classifier(cli, ppocr_models, tmp_path):
     """PaddleOCR's text-direction classifier on labelled text-line crops. As shipped it ends in a softmax: the
-    preset judges the probability mass moved, and the tournament's best meets it. Exported without its softmax
+    preset judges the probability mass moved, and the tournament's best sits at the line (total variation
+    0.05–0.11 at the 95th percentile, moved by ulp-sized changes of the scales: this net is that sensitive), so
+    at most a few units go back to float. Exported without its softmax
     (logits, as many exporters leave it to the caller) the tournament's best misses the cosine; with no budget,
     mixed precision keeps the most sensitive layers and tensors in float until the preset holds. --no-mixed
     judges the tournament's best alone."""
@@ -269,10 +271,12 @@ def test_mixed_precision_aims_at_the_preset_on_a_real_trained_classifier(cli, pp
 
     tune, held = ppocr.write_orientation_npz(tmp_path)
     data = ("--shape", "1,3,48,192", "--data", tune, "--eval", held, "--no-tier2", "--placement", "convs")
-    shipped = cli("quantize", ppocr.model_path("cls"), *data, "-o", tmp_path / "probs.onnx", "--no-mixed",
+    shipped = cli("quantize", ppocr.model_path("cls"), *data, "-o", tmp_path / "probs.onnx",
                   "--json", tmp_path / "probs.json")
     assert shipped.exit_code == 0, shipped.output
-    assert json.loads((tmp_path / "probs.json").read_text())["steps"][0]["preset_failures"] == []
+    shipped_report = json.loads((tmp_path / "probs.json").read_text())
+    assert len(shipped_report["kept_float"]) <= 3 and shipped_report["int8_mac_share"] >= 0.9, shipped_report
+    assert all("probability moved" in f for f in shipped_report["steps"][0]["preset_failures"])
     check = cli("check", ppocr.model_path("cls"), tmp_path / "probs.onnx", "--precision", "int8", "--data", held,
                 "--shape", "1,3,48,192", "--samples", "32", "--json", tmp_path / "check.json")
     assert check.exit_code == 0 and "probability output" in check.output, check.output
@@ -301,3 +305,35 @@ def test_mixed_precision_aims_at_the_preset_on_a_real_trained_classifier(cli, pp
     assert 1 <= len(report["kept_float"]) <= 16 and 1 - 0.25 <= report["int8_mac_share"] < 1.0
     assert report["final"]["accuracy"] >= report["fp32_accuracy"] - 1.0  # the real labels: orientation read
     assert "mixed precision (" in result.output and "meets the int8 preset" in result.output
+
+
+def test_sensitivity_judge_on_the_hardest_samples_picks_those_the_candidate_gets_most_wrong():
+    """Mixed precision ranks its units on the held-out samples the all-int8 file gets most wrong (the preset's
+    percentiles are decided there): a candidate that clips its input errs only on the samples beyond the clip."""
+    from onnx import numpy_helper
+
+    from deploy.quantize import _Judge
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 1, (4, 3, 1, 1)).astype(np.float32), "w")
+    lo, hi = numpy_helper.from_array(np.float32(-1), "lo"), numpy_helper.from_array(np.float32(1), "hi")
+
+    def net(clip: bool):
+        nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["c"])] if clip else []
+        nodes.append(helper.make_node("Conv", ["c" if clip else "x", "w"], ["y"]))
+        graph = helper.make_graph(nodes, "n", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 4, 4])],
+                                  [w, lo, hi])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    x = rng.uniform(-0.9, 0.9, (32, 3, 4, 4)).astype(np.float32)
+    loud = np.array([3, 9, 10, 17, 20, 26, 30, 31])
+    x[loud] *= 4  # only these reach past the candidate's clip
+    labels = np.arange(32)
+    judge = _Judge(net(False), [{"x": x[i:i + 8]} for i in range(0, 32, 8)], labels, None)
+    hard = judge.hardest(net(True), 0.25)
+    assert len(hard.feeds) == 1 and len(hard.reference) == 8
+    np.testing.assert_array_equal(hard.feeds[0]["x"], x[loud])
+    np.testing.assert_array_equal(hard.reference, judge.reference[loud])
+    np.testing.assert_array_equal(hard.labels, labels[loud])
+    assert hard.score(net(False), "fp32").centred_sqnr_db > 100 and hard.score(net(True), "clip").centred_sqnr_db < 20

@@ -16,14 +16,16 @@ from deploy.calib.data import Preprocess
 from deploy.passes.qdq import divisions_to_products, get_target, insert_qdq, plan_qdq, with_outputs
 
 
-def _hardswish_net(seed: int = 0) -> onnx.ModelProto:
-    """Conv → HardSwish as x·clip(x + 3, 0, 6) / 6 (as Paddle exports it) → Conv → same → GAP → Gemm."""
+def _hardswish_net(seed: int = 0, shift: float = 3.0) -> onnx.ModelProto:
+    """Conv → HardSwish as x·clip(x + 3, 0, 6) / 6 (as Paddle exports it) → Conv → same → GAP → Gemm. With
+    ``shift`` ≠ 3 it is a hard-swish-like gate that is not HardSwish: `deploy quantize` leaves its elementwise
+    ops as they are (it rewrites a true HardSwish as the one op first)."""
     rng = np.random.default_rng(seed)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     inits = [numpy_helper.from_array(f32(rng.normal(0, 0.4, (16, 3, 3, 3))), "w1"),
              numpy_helper.from_array(f32(rng.normal(0, 0.1, (16, 16, 3, 3))), "w2"),
              numpy_helper.from_array(f32(rng.normal(0, 0.3, (10, 16))), "w3"),
-             numpy_helper.from_array(f32(3.0), "three"), numpy_helper.from_array(f32(0.0), "zero"),
+             numpy_helper.from_array(f32(shift), "three"), numpy_helper.from_array(f32(0.0), "zero"),
              numpy_helper.from_array(f32(6.0), "six")]
     nodes = []
     for i, (src, w) in enumerate((("input", "w1"), ("h1", "w2")), 1):
@@ -81,7 +83,7 @@ def test_elementwise_placement_keeps_a_hardswish_between_convs_integer():
 
 def test_quantize_judges_and_times_both_placements(cli, tmp_path):
     path = tmp_path / "hswish.onnx"
-    onnx.save(_hardswish_net(1), str(path))
+    onnx.save(_hardswish_net(1, shift=2.5), str(path))
     result = cli("quantize", path, "-o", tmp_path / "q.onnx", "--shape", "1,3,32,32", "--samples", "48",
                  "--eval-samples", "32", "--no-tier2", "--no-mixed", "--keep-failed", "--json", tmp_path / "q.json")
     assert result.exit_code in (0, 1), result.output
@@ -116,14 +118,14 @@ def test_each_elementwise_node_is_a_fallback_unit_and_kept_in_float_it_still_bui
     own range, which neither placement calibrates by itself) writes a file in which only that island is float."""
     from deploy.quantize import _elementwise_units
 
-    model = _hardswish_net(1)
+    model = _hardswish_net(1, shift=2.5)
     divisions_to_products(model)
     plan = plan_qdq(model, get_target("ort-cpu"), placement="elementwise")
     # div1's output feeds conv2, so both placements quantize it; the second HardSwish's output and the pooling
     # after it are integer only in the elementwise placement
     assert _elementwise_units(model, plan, set()) == ["clip1", "mul1", "clip2", "mul2", "div2", "gap"]
     path = tmp_path / "hswish.onnx"
-    onnx.save(_hardswish_net(1), str(path))
+    onnx.save(_hardswish_net(1, shift=2.5), str(path))
     out = tmp_path / "q.onnx"
     result = cli("quantize", path, "-o", out, "--shape", "1,3,32,32", "--samples", "48", "--eval-samples", "32",
                  "--placement", "elementwise", "--keep-float", "clip1", "--no-tier2", "--no-mixed",
