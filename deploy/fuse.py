@@ -29,6 +29,9 @@ from .passes import reparam as _reparam  # noqa: F401  isort: skip
 
 DEFAULT_TORCH_PASSES = ("reparameterize",)  # runs fuse_conv_bn after the blocks
 DEFAULT_ONNX_PASSES = ("onnx_reparam",)  # runs onnx_fuse_bn before and between merges
+# ONNX files from other exporters (Paddle2ONNX, opsets < 14) spell HardSwish out in four ops; torch exports here
+# write the op itself, so models need no rewrite
+DEFAULT_FILE_PASSES = (*DEFAULT_ONNX_PASSES, "onnx_fuse_hardswish")
 
 
 @dataclass
@@ -54,7 +57,7 @@ class FuseReport:
 
 def parse_passes(text: str | None, kind: str) -> list[str]:
     if text is None:
-        return list(DEFAULT_ONNX_PASSES) if kind == "onnx" else [*DEFAULT_TORCH_PASSES, *DEFAULT_ONNX_PASSES]
+        return list(DEFAULT_FILE_PASSES) if kind == "onnx" else [*DEFAULT_TORCH_PASSES, *DEFAULT_ONNX_PASSES]
     names = [n.strip() for n in text.split(",") if n.strip()]
     known = {p.name: p for p in pass_core.list_passes() if p.name != "prune"}  # not exact: `deploy prune`
     for name in names:

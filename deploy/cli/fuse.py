@@ -34,8 +34,9 @@ def fuse(
                      "(ONNX stage).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The fused .onnx file to write.")],
     passes: Annotated[str | None, typer.Option(help="Comma-separated passes, torch stage first. Default: "
-                      "reparameterize,onnx_reparam for models, onnx_reparam for ONNX files. Passes: "
-                      "fuse_conv_bn, reparameterize (torch); onnx_fuse_bn, onnx_reparam (ONNX).")] = None,
+                      "reparameterize,onnx_reparam for models, onnx_reparam,onnx_fuse_hardswish for ONNX files. "
+                      "Passes: fuse_conv_bn, reparameterize (torch); onnx_fuse_bn, onnx_reparam, "
+                      "onnx_fuse_hardswish (ONNX).")] = None,
     weights: Weights = None,
     shape: Shape = None,
     dynamic: Dynamic = None,

@@ -83,3 +83,13 @@ def test_quantize_rewrites_hardswish_first_and_says_so(cli, tmp_path):
     written = onnx.load(str(tmp_path / "q.onnx"))
     assert [n.op_type for n in written.graph.node].count("HardSwish") == 3
     assert written.opset_import[0].version >= 14
+
+
+def test_deploy_fuse_rewrites_hardswish_in_onnx_files_by_default(cli, tmp_path):
+    path = tmp_path / "gates.onnx"
+    onnx.save(_net(11), str(path))
+    result = cli("fuse", path, "-o", tmp_path / "fused.onnx", "--shape", "1,3,16,16", "--json", tmp_path / "f.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "f.json").read_text())
+    assert [p["name"] for p in report["passes"]] == ["onnx_reparam", "onnx_fuse_hardswish"]
+    assert [n.op_type for n in onnx.load(str(tmp_path / "fused.onnx")).graph.node].count("HardSwish") == 3
