@@ -248,12 +248,16 @@ def _batches(array: np.ndarray, name: str, batch: int, whole: bool = False) -> l
 class _Judge:
     """Scores candidate models on the held-out data against the fp32 reference outputs."""
 
-    def __init__(self, fp32: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
-                 threads: int | None, session=None):
-        """``session``: an already loaded session that computes the fp32 output (the calibration one)."""
+    def __init__(self, fp32: onnx.ModelProto | None, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
+                 threads: int | None, session=None, reference: tuple[str, np.ndarray] | None = None):
+        """``session``: an already loaded session that computes the fp32 output (the calibration one).
+        ``reference``: (output name, fp32 outputs on ``feeds``) already known: no fp32 model is run."""
         self.feeds, self.labels, self.threads = feeds, labels, threads
-        self.output = fp32.graph.output[0].name
-        self.reference = self._outputs(session or cpu_session(fp32, threads))
+        if reference is not None:
+            self.output, self.reference = reference
+        else:
+            self.output = fp32.graph.output[0].name
+            self.reference = self._outputs(session or cpu_session(fp32, threads))
         self.fp32_accuracy = self._accuracy(self.reference)
 
     def _outputs(self, model_or_session, batches: int | None = None) -> np.ndarray:
@@ -281,13 +285,9 @@ class _Judge:
         chosen = np.sort(np.argsort(-error, kind="stable")[:count])
         names = list(self.feeds[0])
         joined = {k: np.concatenate([f[k] for f in self.feeds])[:n][chosen] for k in names}
-        sub = object.__new__(_Judge)
-        sub.feeds = [{k: v[i:i + batch] for k, v in joined.items()} for i in range(0, count, batch)]
-        sub.labels = None if self.labels is None else self.labels[:n][chosen]
-        sub.threads, sub.output = self.threads, self.output
-        sub.reference = self.reference[:n][chosen]
-        sub.fp32_accuracy = sub._accuracy(sub.reference)
-        return sub
+        return _Judge(None, [{k: v[i:i + batch] for k, v in joined.items()} for i in range(0, count, batch)],
+                      None if self.labels is None else self.labels[:n][chosen], self.threads,
+                      reference=(self.output, self.reference[:n][chosen]))
 
     def _accuracy(self, logits: np.ndarray) -> float | None:
         if self.labels is None or logits.ndim != 2:

@@ -101,20 +101,25 @@ def _match(index: GraphIndex, mul: onnx.NodeProto) -> tuple[str, str, list[onnx.
     return None
 
 
-@register_pass("onnx_fuse_hardswish", stage="onnx")
-def onnx_fuse_hardswish(model: onnx.ModelProto) -> PassResult:
-    """Each HardSwish written as Add/Clip/Mul/Div (or HardSigmoid/Mul) becomes one HardSwish node (opset ≥ 14)."""
-    start = time.perf_counter()
-    report = PassReport("onnx_fuse_hardswish", before=graph_counts(model))
+def _matches(model: onnx.ModelProto) -> list[tuple[str, str, list[onnx.NodeProto]]]:
+    """Every HardSwish chain in ``model``, none sharing a node with another."""
     index = GraphIndex(model.graph)
-    matches = []
-    taken: set[int] = set()
+    matches, taken = [], set()
     for node in model.graph.node:
         found = _match(index, node) if node.op_type == "Mul" else None
         if found is None or any(id(n) in taken for n in found[2]):
             continue
         matches.append(found)
         taken.update(id(n) for n in found[2])
+    return matches
+
+
+@register_pass("onnx_fuse_hardswish", stage="onnx")
+def onnx_fuse_hardswish(model: onnx.ModelProto) -> PassResult:
+    """Each HardSwish written as Add/Clip/Mul/Div (or HardSigmoid/Mul) becomes one HardSwish node (opset ≥ 14)."""
+    start = time.perf_counter()
+    report = PassReport("onnx_fuse_hardswish", before=graph_counts(model))
+    matches = _matches(model)
     if matches:
         domain = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
         if domain is not None and domain.version < HARDSWISH_OPSET:
@@ -127,8 +132,7 @@ def onnx_fuse_hardswish(model: onnx.ModelProto) -> PassResult:
                 report.seconds = time.perf_counter() - start
                 return PassResult(model, report)
             model.CopyFrom(raised)
-            index = GraphIndex(model.graph)
-            matches = [m for m in (_match(index, n) for n in model.graph.node if n.op_type == "Mul") if m]
+            matches = _matches(model)  # the converter rebuilt the nodes
         position = {id(n): i for i, n in enumerate(model.graph.node)}
         removed = {id(n) for _, _, nodes in matches for n in nodes}
         fused = {}
