@@ -289,6 +289,28 @@ def warm_up(timer: Callable[[], float], warmup: Warmup, cap_seconds: float = 30.
     return len(times)
 
 
+def interleave(timers: list[Callable[[], float]], config: BenchConfig,
+               progress: Callable[[int, float], None] | None = None) -> tuple[list[list[float]], int]:
+    """The one interleaved timer: every timer once per round, rounds ordered as a Williams design (each entry
+    follows every other equally often), ``config.gap`` idle before each run, until ``config.min_runs`` rounds
+    and ``config.min_time`` seconds, or ``config.max_time``. Returns (seconds per run for each timer, rounds);
+    :func:`deploy.stats.paired_ratio` turns two of them into a ratio with its interval."""
+    times: list[list[float]] = [[] for _ in timers]
+    orders = balanced_orders(len(timers))
+    start, rounds = time.perf_counter(), 0
+    while True:
+        for index in orders[rounds % len(orders)]:
+            if config.gap:
+                time.sleep(config.gap)
+            times[index].append(timers[index]())
+        rounds += 1
+        elapsed = time.perf_counter() - start
+        if progress is not None and rounds % 5 == 0:
+            progress(rounds, elapsed)
+        if (rounds >= config.min_runs and elapsed >= config.min_time) or elapsed >= config.max_time:
+            return times, rounds
+
+
 def resolve_entries(specs: list[tuple[str, Artifact]], backends: list[str], stack: contextlib.ExitStack,
                     notes: list[str]) -> list[Entry]:
     """Every (artifact, backend) pair that can run: torch models run on ONNX Runtime after an export;
@@ -351,21 +373,8 @@ def measure_group(entries: list[Entry], batch: int, config: BenchConfig, group: 
             timers.append((entry, timer, runs, memory.rss_mb, memory.device_mb))
         if not timers:
             return []
-        times: list[list[float]] = [[] for _ in timers]
-        start = time.perf_counter()
-        rounds = 0
-        orders = balanced_orders(len(timers))
-        while True:
-            for index in orders[rounds % len(orders)]:
-                if config.gap:
-                    time.sleep(config.gap)
-                times[index].append(timers[index][1]())
-            rounds += 1
-            elapsed = time.perf_counter() - start
-            if rounds % 5 == 0:
-                say(f"batch {batch}: {rounds} rounds, {elapsed:.1f} s")
-            if (rounds >= config.min_runs and elapsed >= config.min_time) or elapsed >= config.max_time:
-                break
+        times, rounds = interleave([timer for _, timer, _, _, _ in timers], config,
+                                   lambda r, t: say(f"batch {batch}: {r} rounds, {t:.1f} s"))
         if rounds < config.min_runs:
             notes.append(f"batch {batch}, {group}: stopped at --max-time {config.max_time:g} s after {rounds} rounds")
     if config.memory == "fresh":

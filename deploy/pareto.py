@@ -2,8 +2,9 @@
 
 A point is (median latency, quality), quality being what the certificate reads first (accuracy with labels,
 else top-1 agreement, else centred SQNR). A candidate is on the front when no other is at least as fast and
-at least as good, and strictly better in one. The choice is the fastest within budget by median; when its
-ratio interval to the baseline overlaps a runner-up's, the report says the two are tied within the noise.
+at least as good, and strictly better in one. The choice is the fastest within budget by median, among the
+int8/fp16 files only those faster than the fp32 export beyond the noise (the 95 % interval of the paired ratio
+below 1); when its ratio interval to the baseline overlaps a runner-up's, the report says they are tied.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
+REDUCED = ("int8", "fp16")  # precisions that change what the model computes: they must pay for it in speed
+
+
 def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]) -> Choice:
     timed = [c for c in candidates if c.name in timings]
     points = {c.name: (timings[c.name].ratio, quality(c)) for c in timed}  # latency as the paired ratio
@@ -89,6 +93,14 @@ def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]
             losers[c.name] = "over budget: " + "; ".join(c.misses)
     if not within:
         return Choice(backend, None, "no candidate is within the budget", front, losers)
+    # reduced precision ships only when it is faster than the fp32 export beyond the noise (the whole 95 %
+    # interval of its paired ratio below 1): an int8 or fp16 file as fast as fp32 only adds its error
+    if any(c.name == "fp32" for c in within):
+        for c in [c for c in within if c.precision in REDUCED and timings[c.name].high >= 1.0]:
+            o = timings[c.name]
+            losers[c.name] = (f"{c.precision} not faster than the fp32 export beyond the noise: ratio {o.ratio:.3f} "
+                              f"[95 % CI {o.low:.3f}–{o.high:.3f}]")
+            within.remove(c)
     best = within[0]
     t = timings[best.name]
     speed = 1 / t.ratio if t.ratio > 0 else math.inf
@@ -99,6 +111,8 @@ def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]
                f"[ratio {t.ratio:.3f}, 95 % CI {t.low:.3f}–{t.high:.3f}]"
                + (" — the interval spans 1: not faster than fp32 beyond the noise" if t.low <= 1 <= t.high else ""))
     for c in within[1:]:
+        if c.name in losers:
+            continue
         o = timings[c.name]
         tied = o.low <= t.high and t.low <= o.high
         losers[c.name] = (f"slower: ratio {o.ratio:.3f} vs {t.ratio:.3f} ({o.median_ms:.3f} ms vs "

@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .backends.ort_runner import cpu_session, optimized_op_counts, run_function
+from .backends.ort_graph import op_counts, round_trips
+from .backends.ort_runner import cpu_session, optimized_graph, run_function, session_timer
+from .bench import BenchConfig, Warmup, interleave, warm_up
 from .calib.data import DataSourceError, load_samples
 from .calib.observers import METHODS, collect_histograms, compute_ranges
 from .calib.table import RangesTable, fingerprint_arrays, write_trt_cache
@@ -32,7 +34,7 @@ from .errors import BadInputError
 from .export import export_onnx, finalize, onnx_output_path, save_onnx
 from .passes.bias_correction import fold_corrections, measure_corrections
 from .passes.equalize import Equalization, equalize
-from .passes.onnx_activations import onnx_fuse_hardswish
+from .passes.onnx_activations import expand_hard_activations, onnx_fuse_hardswish
 from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
 from .passes.qdq import (
     ELEMENTWISE_OPS,
@@ -51,6 +53,7 @@ from .passes.qdq import (
     with_outputs,
 )
 from .spec import Artifact
+from .stats import paired_ratio, ratio_verdict
 
 PRECISIONS = ("int8", "fp16")
 METHOD_CHOICES = (*METHODS, "auto")
@@ -203,8 +206,8 @@ class QuantizeReport:
             return (f"POOR {self.output}: written because of --allow-poor, but it misses the {self.precision} preset "
                     f"of deploy check ({'; '.join(self.preset_failures)}): {text}")
         slower = ""
-        if self.latency and self.latency.get("ratio", 0) > 1.05:
-            slower = (f" — but slower than fp32 here (×{self.latency['ratio']:.2f} on ONNX Runtime CPU, batch "
+        if self.latency and not self.latency.get("faster", True):
+            slower = (f" — but NOT faster than fp32 here ({speed_verdict(self.latency)} on ONNX Runtime CPU, batch "
                       f"{self.latency['batch']}): int8 does not pay on this model as quantized")
         if self.passed:
             return (f"PASSED {self.output}: {text}" + (f" (budget {self.budget} met)" if self.budget else "")
@@ -330,32 +333,36 @@ class _Judge:
         return None if score.top1_agreement is None else 100.0 - score.top1_agreement
 
 
+TIMING = BenchConfig(min_runs=20, min_time=0.6, max_time=6.0, gap=0.002)  # quantize's quick look: the bench's timer
+
+
 def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                         threads: int | None, seconds: float = 0.6) -> dict:
-    """Median latency of fp32 and int8 sessions run alternately on one batch (a quick look, not a bench:
-    interleaving makes the ratio fair on a noisy machine)."""
-    fp32_ms, (int8_ms,), runs = _interleaved_medians(fp32, [int8], feeds, threads, seconds)
-    return {"fp32_ms": round(fp32_ms, 5), "int8_ms": round(int8_ms, 5), "ratio": round(int8_ms / fp32_ms, 3),
+                         threads: int | None, seconds: float = 1.0) -> dict:
+    """fp32 and int8 timed by the bench's interleaved timer on one batch: medians, and the paired ratio
+    int8/fp32 with its 95 % interval (``faster`` only when the whole interval is below 1)."""
+    fp32_ms, (int8_ms,), (ratio,), runs, _ = _interleaved_medians(fp32, [int8], feeds, threads, seconds)
+    return {"fp32_ms": round(fp32_ms, 5), "int8_ms": round(int8_ms, 5), "ratio": round(ratio.ratio, 4),
+            "ratio_low": round(ratio.low, 4), "ratio_high": round(ratio.high, 4), "faster": ratio.high < 1.0,
             "runs": runs, "batch": len(next(iter(feeds.values())))}
 
 
+def speed_verdict(latency: dict) -> str:
+    """The int8/fp32 timing of a quantize report in words (see :func:`deploy.stats.ratio_verdict`)."""
+    return ratio_verdict(latency["ratio"], latency["ratio_low"], latency["ratio_high"])
+
+
 def _interleaved_medians(fp32: onnx.ModelProto, others: list[onnx.ModelProto], feeds: dict[str, np.ndarray],
-                         threads: int | None, seconds: float) -> tuple[float, list[float], int]:
-    """(fp32 median ms, each other model's median ms, rounds): every model run once per round, in turn."""
-    runs = [run_function(cpu_session(m, threads)) for m in (fp32, *others)]
-    for run in runs:  # warm-up
-        run(feeds)
-    times: list[list[float]] = [[] for _ in runs]
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times[0]) < 10:
-        for i, run in enumerate(runs):
-            t0 = time.perf_counter()
-            run(feeds)
-            times[i].append(time.perf_counter() - t0)
-        if len(times[0]) >= 200:
-            break
+                         threads: int | None, seconds: float) -> tuple[float, list[float], list, int, list]:
+    """(fp32 median ms, each other model's median ms, each one's paired ratio to fp32, rounds, the seconds of
+    every run of each, fp32 first), from
+    :func:`deploy.bench.interleave` on sessions with thread spinning off, each warmed up alone first."""
+    timers = [session_timer(cpu_session(m, threads, allow_spinning=False), feeds) for m in (fp32, *others)]
+    for timer in timers:
+        warm_up(timer, Warmup(), cap_seconds=seconds)
+    times, rounds = interleave(timers, replace(TIMING, min_time=seconds, max_time=max(6.0, 4 * seconds)))
     medians = [float(np.median(t)) * 1e3 for t in times]
-    return medians[0], medians[1:], len(times[0])
+    ratios = [paired_ratio(t, times[0]) for t in times[1:]]
+    return medians[0], medians[1:], ratios, rounds, times
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -530,9 +537,14 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     keep = resolve_keep_float(fp32, options.keep_float)
     placements = _placements(options)
     bases = {"convs": fp32}
-    if "elementwise" in placements:  # ONNX Runtime has QLinearMul, no integer Div
+    if "elementwise" in placements:  # ONNX Runtime has QLinearMul, no integer Div, HardSigmoid or HardSwish
         bases["elementwise"] = _copy(fp32)
         divisions_to_products(bases["elementwise"])
+        expanded = expand_hard_activations(bases["elementwise"]).report.sites
+        if expanded:
+            report.notes.append(f"elementwise placement: {len(expanded)} HardSwish/HardSigmoid written out as "
+                                f"Add → Clip → Mul, which ONNX Runtime runs on uint8 (it has no integer kernel "
+                                f"for either op)")
     plans = {name: plan_qdq(bases[name], target, keep, name) for name in placements}
     if len(placements) > 1 and set(plans["elementwise"].activations) == set(plans["convs"].activations):
         placements = ["convs"]  # nothing elementwise between the layers: one placement, nothing to time
@@ -554,12 +566,14 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     if "elementwise" in plans:  # mixed precision may keep an elementwise node float: its neighbours need ranges
         wanted = list(dict.fromkeys([*wanted, *_elementwise_neighbours(bases["elementwise"], plans["elementwise"])]))
     measured = [t for t in wanted if t not in graph_inputs]
-    session = cpu_session(with_outputs(fp32, measured), options.threads)
+    # the elementwise base holds every tensor the convs one does, and the written-out HardSwish gates besides
+    source = bases.get("elementwise", fp32)
+    session = cpu_session(with_outputs(source, measured), options.threads)
     run_model = run_function(session, measured)
     say("running the fp32 model on the held-out data")
     held_batches = _batches(held.array, input_name, options.batch or SCORING_BATCH, options.fixed_batch)
-    judge = _Judge(fp32, held_batches, held.labels,
-                   options.threads, session)
+    judge = _Judge(fp32, held_batches, held.labels,  # the reference is fp32's own output, not the rewritten graph's
+                   options.threads, session if source is fp32 else None)
     report.fp32_accuracy = judge.fp32_accuracy
     if options.max_drop is not None and (judge.reference.ndim != 2 or judge.reference.shape[1] < 2):
         raise BadInputError(f"--max-drop needs a classifier output of shape (N, classes); the first output is "
@@ -720,29 +734,27 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     report.quantized_nodes = len([s for s in pass_report["sites"] if "int8 weights" in s["what"]])
     if options.target == "ort-cpu":
         say("reading ONNX Runtime's optimized graph")
-        ops = optimized_op_counts(model, options.threads)
+        runs_as = optimized_graph(model, options.threads)
+        ops, trips = op_counts(runs_as), round_trips(runs_as)
         report.integer_kernels = {"QLinearConv": ops.get("QLinearConv", 0), "Conv (float)": ops.get("Conv", 0),
                                   "QGemm": ops.get("QGemm", 0), "QLinearMatMul": ops.get("QLinearMatMul", 0),
-                                  "QLinearAdd": ops.get("QLinearAdd", 0), "ops": ops}
+                                  "QLinearAdd": ops.get("QLinearAdd", 0), "ops": ops,
+                                  "round_trips": trips.to_dict()}
         if options.measure:
             say("timing int8 against fp32 on ONNX Runtime CPU")
             report.latency = _interleaved_latency(fp32, model, timing_feed, options.threads)
-            if report.latency["ratio"] > 1.05:
+            if not report.latency["faster"]:
                 report.notes.append(
-                    f"int8 measured slower than fp32 here: {report.latency['int8_ms']:.2f} ms vs "
-                    f"{report.latency['fp32_ms']:.2f} ms per run of {report.latency['batch']} (×"
-                    f"{report.latency['ratio']:.2f}); the float ops left and the Q/DQ between them cost more than "
-                    f"the integer kernels save — `deploy debug` ranks layers for --keep-float, and `deploy bench` "
-                    f"times the result on the target")
+                    f"int8 is NOT faster than fp32 here ({speed_verdict(report.latency)}; "
+                    f"{report.latency['int8_ms']:.2f} ms vs {report.latency['fp32_ms']:.2f} ms per run of "
+                    f"{report.latency['batch']}): {trips.text()}; the float ops and Q/DQ left cost what the "
+                    f"integer kernels save — `deploy pipeline` will not ship it, `deploy bench` times it on the target")
     table = RangesTable(
         ranges={t: (float(lo), float(hi)) for t, (lo, hi) in ranges.items() if t in set(final_plan.calibrated)},
         method=report.chosen, target=options.target, fingerprint=fingerprint_arrays(calib.array),
         samples=len(calib.array),
         source=calib.description, scores={s.label: s.to_dict() for s in report.scores})
     return model, table
-
-
-PLACEMENT_GAIN = 0.8  # a placement wins on speed when its int8 time is at most this share of the other's (a clear win)
 
 
 def _placements(options: QuantizeOptions) -> list[str]:
@@ -756,8 +768,8 @@ def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge
                       options: QuantizeOptions, report: QuantizeReport, say) -> tuple[list[str], dict[str, Score]]:
     """Each placement with the tournament's ranges, judged on the held-out data and timed against fp32 in one
     interleaved run, in order of preference: one that meets the preset before one that does not; between
-    equals, the faster first when it takes at most PLACEMENT_GAIN of the other's time, else the nearer to the
-    preset (its shortfall). Returns (the order, each placement's score)."""
+    equals, the faster first when the paired ratio of their times says so beyond the noise (its 95 % interval
+    clear of 1), else the nearer to the preset (its shortfall). Returns (the order, each placement's score)."""
     import functools
 
     say(f"placement: {' vs '.join(placements)}, judged and timed")
@@ -766,18 +778,19 @@ def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge
         models[name] = build(ranges, keep, name)[0]
         score, diff = judge.score_and_preset(models[name], f"{report.chosen}, {name}")
         found[name] = {"score": score, "diff": diff}
-    fp32_ms, medians, rounds = _interleaved_medians(fp32, [models[n] for n in placements], feeds, options.threads,
-                                                    seconds=3.0)
-    for name, ms in zip(placements, medians):
-        found[name]["ms"] = ms
+    fp32_ms, medians, ratios, rounds, times = _interleaved_medians(
+        fp32, [models[n] for n in placements], feeds, options.threads, seconds=3.0)
+    for i, (name, ms, ratio) in enumerate(zip(placements, medians, ratios)):
+        found[name].update(ms=ms, ratio=ratio, times=times[i + 1])
 
     def before(a: str, b: str) -> int:
         pa, pb = found[a]["diff"].passed, found[b]["diff"].passed
         if pa != pb:
             return -1 if pa else 1
-        if found[a]["ms"] <= PLACEMENT_GAIN * found[b]["ms"]:
+        between = paired_ratio(found[a]["times"], found[b]["times"])  # a's time over b's, same rounds
+        if between.high < 1.0:
             return -1
-        if found[b]["ms"] <= PLACEMENT_GAIN * found[a]["ms"]:
+        if between.low > 1.0:
             return 1
         return -1 if found[a]["diff"].shortfall() <= found[b]["diff"].shortfall() else 1
 
@@ -785,10 +798,15 @@ def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge
     report.placement = {
         "chosen": order[0], "order": order, "batch": len(next(iter(feeds.values()))), "fp32_ms": round(fp32_ms, 5),
         "rounds": rounds,
-        "candidates": {n: {"int8_ms": round(f["ms"], 5), "ratio": round(f["ms"] / fp32_ms, 4),
+        "candidates": {n: {"int8_ms": round(f["ms"], 5), "ratio": round(f["ratio"].ratio, 4),
+                           "ratio_low": round(f["ratio"].low, 4), "ratio_high": round(f["ratio"].high, 4),
                            "centred_sqnr_db": _step("", f["score"], [], 0)["centred_sqnr_db"],
                            "preset_failures": f["diff"].failures,
                            "preset_shortfall": round(f["diff"].shortfall(), 6)} for n, f in found.items()}}
+    if len(order) > 1:  # the speed the choice rests on: the first placement's time over the next one's
+        versus = paired_ratio(found[order[0]]["times"], found[order[1]]["times"])
+        report.placement["first_over_next"] = {"ratio": round(versus.ratio, 4), "low": round(versus.low, 4),
+                                               "high": round(versus.high, 4)}
     return order, {n: f["score"] for n, f in found.items()}
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from .compare import CompareReport
 from .errors import BadInputError
 from .files import atomic_path
+from .stats import ratio_verdict
 
 
 def _jsonable(value: Any) -> Any:
@@ -116,14 +117,22 @@ LAYOUT_OPS = {"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Fla
               "ReorderInput", "ReorderOutput", "Identity", "Shape", "Gather", "Slice", "Concat"}
 
 
-def runs_as(ops: dict[str, int]) -> str:
-    """What ONNX Runtime CPU really runs: the integer kernels, then every op left computing in float."""
+def runs_as(ops: dict[str, int], trips: dict | None = None) -> str:
+    """What ONNX Runtime CPU really runs: the integer kernels, every op left computing in float, and the round
+    trips (DequantizeLinear → float ops → QuantizeLinear) among them: where an int8 file's time goes."""
     integer = {k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm", "MatMulInteger", "ConvInteger",
                                                              "NhwcMaxPool", "QAttention"))}
     floats = {k: v for k, v in ops.items() if k not in integer and k not in LAYOUT_OPS}
     text = ", ".join(f"{v} {k}" for k, v in sorted(integer.items(), key=lambda kv: -kv[1])) or "no integer kernel"
     left = ", ".join(f"{v} {k}" for k, v in sorted(floats.items(), key=lambda kv: -kv[1]))
-    return f"ONNX Runtime CPU runs: {text}; in float: {left or 'nothing'}"
+    line = f"ONNX Runtime CPU runs: {text}; in float: {left or 'nothing'}"
+    if trips is not None:
+        if trips.get("count"):
+            through = ", ".join(f"{v} {k}" for k, v in sorted(trips["ops"].items(), key=lambda kv: (-kv[1], kv[0])))
+            line += f"; {trips['count']} round trip(s) DequantizeLinear → float → QuantizeLinear, through {through}"
+        else:
+            line += "; no round trip DequantizeLinear → float → QuantizeLinear"
+    return line
 
 
 def print_quantize(report, console: Console) -> None:
@@ -181,16 +190,19 @@ def print_quantize(report, console: Console) -> None:
     if getattr(report, "placement", None):
         pl = report.placement
         verdicts = {True: "meets the preset", False: "misses it"}
-        tried = "; ".join(f"{name} ×{c['ratio']:.2f} ({verdicts[not c['preset_failures']]})"
+        tried = "; ".join(f"{name} ×{c['ratio']:.2f} [{c.get('ratio_low', c['ratio']):.2f}–"
+                          f"{c.get('ratio_high', c['ratio']):.2f}] ({verdicts[not c['preset_failures']]})"
                           for name, c in pl["candidates"].items())
         console.print(f"placement {pl['chosen']}: int8 time over fp32 at batch {pl['batch']}, interleaved: {tried}",
                       markup=False)
     if report.integer_kernels:
-        console.print(runs_as(report.integer_kernels.get("ops", {})), markup=False)
+        console.print(runs_as(report.integer_kernels.get("ops", {}), report.integer_kernels.get("round_trips")),
+                      markup=False)
     if report.latency:
         lat = report.latency
-        console.print(f"ONNX Runtime CPU, batch {lat['batch']}, interleaved: fp32 {lat['fp32_ms']:.2f} ms, int8 "
-                      f"{lat['int8_ms']:.2f} ms (×{lat['ratio']:.2f})", markup=False)
+        verdict = ratio_verdict(lat["ratio"], lat.get("ratio_low", lat["ratio"]), lat.get("ratio_high", lat["ratio"]))
+        console.print(f"ONNX Runtime CPU, batch {lat['batch']}, interleaved ({lat['runs']} rounds): fp32 "
+                      f"{lat['fp32_ms']:.2f} ms, int8 {lat['int8_ms']:.2f} ms — int8 {verdict}", markup=False)
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
     sizes = f"{fmt_bytes(report.bytes_before)} → {fmt_bytes(report.bytes_after)}"

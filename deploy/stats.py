@@ -80,6 +80,17 @@ def paired_ratio(
     return RatioEstimate(point, float(low), float(high), confidence, int(per_round.size))
 
 
+def ratio_verdict(ratio: float, low: float, high: float) -> str:
+    """A time ratio (candidate / reference) in words, never claiming what its interval does not show:
+    '1.62× faster [1.55–1.70]', 'not faster: ×1.01 of the reference's time [0.97–1.05], the interval spans 1',
+    or '1.40× slower [1.31–1.52]'."""
+    if high < 1.0:
+        return f"{1 / ratio:.2f}× faster [{1 / high:.2f}–{1 / low:.2f}]"
+    if low <= 1.0:
+        return f"not faster: ×{ratio:.2f} of the time [{low:.2f}–{high:.2f}], the interval spans 1"
+    return f"{ratio:.2f}× slower [{low:.2f}–{high:.2f}]"
+
+
 def balanced_orders(k: int) -> list[list[int]]:
     """Run orders for k interleaved entries in which each entry directly follows every other entry
     equally often (a Williams design: carryover-balanced Latin square; doubled with its mirror for

@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from .core import PassReport, PassResult, Site, register_pass
-from .onnx_graph import GraphIndex, attributes, eliminate_dead_nodes, graph_counts
+from .onnx_graph import GraphIndex, NameAllocator, attributes, eliminate_dead_nodes, graph_counts
 
 HARDSWISH_OPSET = 14
 
@@ -150,6 +150,65 @@ def onnx_fuse_hardswish(model: onnx.ModelProto) -> PassResult:
         del model.graph.node[:]
         model.graph.node.extend(kept)
         eliminate_dead_nodes(model.graph)
+    report.after = graph_counts(model)
+    report.seconds = time.perf_counter() - start
+    return PassResult(model, report)
+
+
+def expand_hard_activations(model: onnx.ModelProto) -> PassResult:
+    """HardSwish and HardSigmoid written out as Add → Clip → Mul, in place: the form an integer runtime runs.
+
+    ONNX Runtime CPU has no integer HardSigmoid or HardSwish kernel: between int8 layers either is a float
+    island (DequantizeLinear → op → QuantizeLinear). Written out, it is made of ops with integer kernels:
+
+        HardSigmoid(x; α, β) = clip(α·x + β, 0, 1) = α · clip(x + β/α, 0, 1/α)         (α > 0)
+        HardSwish(x)         = x · HardSigmoid(x; 1/6, ½) = x · (1/6) · clip(x + 3, 0, 6)
+
+    Add(x, β/α) runs as QLinearAdd, the Clip folds into its uint8 QuantizeLinear (range [0, 1/α]), the Mul
+    by α is only a change of scale (the Q/DQ placement absorbs it, see ``plan_qdq``), and x·(·) is QLinearMul.
+    The inverse of :func:`onnx_fuse_hardswish`; exact up to float rounding (a few ulp). Needs opset ≥ 11
+    (Clip's bounds as inputs)."""
+    start = time.perf_counter()
+    report = PassReport("expand_hard_activations", before=graph_counts(model))
+    names = NameAllocator(model.graph)
+    constants: dict[float, str] = {}
+
+    def constant(value: float) -> str:
+        if value not in constants:
+            constants[value] = names.fresh(f"hard_activation_{value:g}")
+            model.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), constants[value]))
+        return constants[value]
+
+    def gate(x: str, alpha: float, beta: float, base: str, out: str) -> list[onnx.NodeProto]:
+        shifted, clipped = names.fresh(f"{base}_shifted"), names.fresh(f"{base}_clipped")
+        return [helper.make_node("Add", [x, constant(beta / alpha)], [shifted], name=names.fresh(f"{base}_add")),
+                helper.make_node("Clip", [shifted, constant(0.0), constant(1.0 / alpha)], [clipped],
+                                 name=names.fresh(f"{base}_clip")),
+                helper.make_node("Mul", [clipped, constant(alpha)], [out], name=names.fresh(f"{base}_scale"))]
+
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        base = node.name or node.output[0]
+        if node.op_type == "HardSwish":
+            g = names.fresh(f"{base}_gate")
+            nodes += gate(node.input[0], 1 / 6, 0.5, base, g)
+            nodes.append(helper.make_node("Mul", [node.input[0], g], [node.output[0]], name=names.fresh(f"{base}_mul")))
+            report.sites.append(Site(base, "HardSwish → Add → Clip → Mul → Mul"))
+            continue
+        if node.op_type == "HardSigmoid":
+            attrs = attributes(node)
+            alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+            if alpha > 0:
+                nodes += gate(node.input[0], alpha, beta, base, node.output[0])
+                report.sites.append(Site(base, "HardSigmoid → Add → Clip → Mul"))
+                continue
+            report.skipped.append(Site(base, f"alpha {alpha:g} ≤ 0"))
+        nodes.append(node)
+    if report.sites:
+        if any(o.domain in ("", "ai.onnx") and o.version < 11 for o in model.opset_import):
+            raise ValueError("expand_hard_activations needs opset ≥ 11 (Clip bounds as inputs)")
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
     report.after = graph_counts(model)
     report.seconds = time.perf_counter() - start
     return PassResult(model, report)

@@ -40,6 +40,9 @@ from .onnx_graph import GraphIndex, NameAllocator, attributes, graph_counts
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")  # every op with a weight any target quantizes
 ACTIVATION_OPS = ("Relu", "Clip")  # removable into the following Q when its zero point sits at qmin
 SAME_SCALE_OPS = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze")
+# also inherit their input's parameters, on every output, but only in the elementwise placement: ONNX Runtime
+# then drops their Q/DQ and runs them on uint8 (Split: one Q in, each output read as uint8)
+MOVE_OPS = ("Resize", "Slice", "Split", "DepthToSpace", "SpaceToDepth")
 OWN_RANGE_OPS = ("GlobalAveragePool", "AveragePool", "Concat", "Add")
 # placement "elementwise": Add/Mul also with a constant operand (the constant quantized from its own value),
 # Mul of two activations (ONNX Runtime: QLinearAdd/QLinearMul), and the outputs of elementwise float ops
@@ -110,11 +113,15 @@ class QdqPlan:
     kept: dict[str, str] = field(default_factory=dict)  # node name → why it stays float
     constants: dict[str, tuple[float, float]] = field(default_factory=dict)  # quantized constant → its range
     placement: str = "convs"
+    # tensor → (quantized tensor, c > 0): the output of a Mul by the positive scalar c is the same integers read
+    # with scale c·s (no op at all: the Mul is dropped and its readers dequantize the input's uint8 directly)
+    scaled: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def calibrated(self) -> list[str]:
         """Tensors that need a measured range (graph outputs to add for calibration)."""
-        return [t for t, source in self.activations.items() if t == source and t not in self.constants]
+        return [t for t, source in self.activations.items()
+                if t == source and t not in self.constants and t not in self.scaled]
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -245,6 +252,17 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
             continue
         elif op in SAME_SCALE_OPS and node.input and node.input[0] in quantized:
             quantize_output(node.output[0], quantized[node.input[0]])
+        elif elementwise and op in MOVE_OPS and node.input and node.input[0] in quantized and _moves_values(node):
+            for out in node.output:
+                quantize_output(out, quantized[node.input[0]])
+        elif elementwise and op == "Mul" and len(node.input) == 2 and \
+                (found := _positive_scalar_factor(index, node, quantized, plan.constants)) is not None and \
+                node.output[0] not in index.graph_outputs and node.output[0] not in float_tensors:
+            source, factor = found
+            if source in plan.scaled:  # a scale of a scale: both read the first tensor's integers
+                source, factor = plan.scaled[source][0], plan.scaled[source][1] * factor
+            plan.scaled[node.output[0]] = (source, factor)
+            quantized[node.output[0]] = node.output[0]  # its own parameters (c·s, z), computed, not calibrated
         elif elementwise and op in ELEMENTWISE_OPS and len(node.input) == 2 and \
                 all(t in quantized or index.is_constant(t) for t in node.input) and \
                 any(t in quantized and t not in plan.constants for t in node.input):
@@ -265,6 +283,27 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
         raise QuantizeError("no quantizable op: int8 needs Conv, Gemm or MatMul with constant float weights"
                             + (f" ({reasons})" if reasons else ""))
     return plan
+
+
+def _moves_values(node: onnx.NodeProto) -> bool:
+    """Ops that only move values (so the output needs no range of its own); Resize only when it interpolates
+    between its inputs (nearest or linear: never outside their range)."""
+    if node.op_type != "Resize":
+        return True
+    return attributes(node).get("mode", b"nearest") in (b"nearest", b"linear", "nearest", "linear")
+
+
+def _positive_scalar_factor(index: GraphIndex, node: onnx.NodeProto, quantized: Mapping[str, str],
+                            constants: Mapping) -> tuple[str, float] | None:
+    """(x, c) when ``node`` is Mul(x, c) with x a quantized activation and c a positive finite scalar constant."""
+    for x, c in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        value = index.constant(c)
+        if x in quantized and x not in constants and value is not None and value.size == 1 and \
+                value.dtype in (np.float32, np.float64):
+            factor = float(np.asarray(value).reshape(()))
+            if math.isfinite(factor) and factor > 0:
+                return x, factor
+    return None
 
 
 @dataclass(frozen=True)
@@ -340,14 +379,22 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
     index = GraphIndex(graph)
     build = _Builder(graph)
     params = {t: activation_params(*ranges[t], qt) for t in (*plan.calibrated, *plan.constants)}
-    params.update({t: params[src] for t, src in plan.activations.items() if t != src})
+    for t, src in plan.activations.items():  # graph order: a source's parameters are known before its readers'
+        if t in plan.scaled:
+            source, factor = plan.scaled[t]
+            params[t] = ActivationParams(params[source].scale * factor, params[source].zero_point)
+        elif t != src:
+            params[t] = params[src]
 
     # uint8 with zero point 0: Q already clamps at 0, so a Relu (or Clip(0, m) with m ≥ the range) before
     # it is redundant; dropping it lets ONNX Runtime see Conv→Q / Add→Q and form QLinearConv / QLinearAdd.
     folded = _foldable_activations(index, params, ranges, qt)
     # activations: T → Q → DQ → every reader of T (the producer keeps writing T; graph outputs keep T)
     dq_of: dict[str, str] = {}
+    q_of: dict[str, tuple[str, str]] = {}  # tensor → (its QuantizeLinear's output, the tensor it quantizes)
     for tensor, p in params.items():
+        if tensor in plan.scaled:
+            continue
         scale = build.constant(f"{tensor}_scale", np.array(p.scale, dtype=np.float32))
         zero = build.constant(f"{tensor}_zero_point", _zero_point_array(qt, p.zero_point))
         q_out, dq_out = build.name(f"{tensor}_quantized"), build.name(f"{tensor}_dequantized")
@@ -360,6 +407,21 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
         else:
             build.front.extend(nodes)
         dq_of[tensor] = dq_out
+        q_of[tensor] = (q_out, q_in)
+    for tensor, (source, _) in plan.scaled.items():  # y = c·x: x's integers, dequantized with scale c·s_x
+        p = params[tensor]
+        scale = build.constant(f"{tensor}_scale", np.array(p.scale, dtype=np.float32))
+        zero = build.constant(f"{tensor}_zero_point", _zero_point_array(qt, p.zero_point))
+        dq_out = build.name(f"{tensor}_dequantized")
+        q_out, q_in = q_of[source]
+        node = helper.make_node("DequantizeLinear", [q_out, scale, zero], [dq_out], name=build.name(f"{tensor}_DQ"))
+        if q_in in index.producer:
+            build.after.setdefault(q_in, []).append(node)
+        else:
+            build.front.append(node)
+        dq_of[tensor] = dq_out
+        report.sites.append(Site(index.producer[tensor].name, f"Mul by {p.scale / params[source].scale:.6g} "
+                                                              f"absorbed into the scale of {tensor}"))
     tensor_of_dq = {dq: t for t, dq in dq_of.items()}
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -386,20 +448,20 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
                                                 name=build.name(f"{node.input[1]}_DQ"), axis=axis))
             weight_cache[key] = (dq_out, scales)
         dq_weight, w_scales = weight_cache[key]
-        x_source = plan.activations.get(tensor_of_dq.get(node.input[0], node.input[0]))
+        x_tensor = tensor_of_dq.get(node.input[0], node.input[0])
         node.input[1] = dq_weight
         bias_note = ""
-        if qt.quantize_bias and len(node.input) > 2 and node.input[2] and x_source is not None:
+        if qt.quantize_bias and len(node.input) > 2 and node.input[2] and x_tensor in params:
             bias = index.constant(node.input[2])
             if bias is not None and bias.ndim == 1 and bias.shape[0] == w_scales.shape[0]:
-                node.input[2], bias_note = _quantize_bias(build, node.input[2], bias, params[x_source].scale, w_scales)
+                node.input[2], bias_note = _quantize_bias(build, node.input[2], bias, params[x_tensor].scale, w_scales)
         report.sites.append(Site(node.name, f"{node.op_type}: int8 weights per channel (axis {axis}){bias_note}"))
 
     for name, why in plan.kept.items():
         report.skipped.append(Site(name, why))
     for tensor, node in folded.items():
         report.sites.append(Site(node.name, f"{node.op_type} folded into the uint8 QuantizeLinear of {tensor}"))
-    dropped = {id(node) for node in folded.values()}
+    dropped = {id(node) for node in folded.values()} | {id(index.producer[t]) for t in plan.scaled}
     ordered = list(build.front)
     for node in graph.node:
         if id(node) in dropped:
@@ -407,6 +469,10 @@ def insert_qdq(model: onnx.ModelProto, plan: QdqPlan, ranges: Mapping[str, tuple
         ordered.append(node)
         for out in node.output:
             ordered.extend(build.after.get(out, []))
+    # a DequantizeLinear nobody reads (its tensor's only reader was a Mul absorbed into a scale) is dropped:
+    # ONNX Runtime would keep it, and run it
+    read = {name for node in ordered for name in node.input} | {o.name for o in graph.output} | subgraph_reads(graph)
+    ordered = [n for n in ordered if not (n.op_type == "DequantizeLinear" and n.output[0] not in read)]
     del graph.node[:]
     graph.node.extend(ordered)
     _drop_unused_initializers(graph)

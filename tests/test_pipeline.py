@@ -58,11 +58,16 @@ def test_pipeline_writes_certified_candidates_and_a_valid_manifest(tiny_run):
     choice = m["choices"]["ort-cpu"]
     chosen = by[choice["chosen"]]
     assert chosen["within_budget"] and chosen["certificate"]["drop"] <= 10
-    assert choice["chosen"] in choice["pareto_front"]  # the fastest within budget is never dominated
     results = m["latency"]["ort-cpu"]["results"]
     assert results["fp32"]["ratio"] == 1.0 and set(results) == {n for n, c in by.items() if c["built"]}
+
+    def may_ship(n: str) -> bool:  # within budget; int8/fp16 only when faster than fp32 beyond the noise
+        return by[n]["within_budget"] and (by[n]["precision"] == "fp32" or results[n]["high"] < 1.0)
+
     faster = [n for n, r in results.items() if r["ratio"] < results[choice["chosen"]]["ratio"]]
-    assert all(not by[n]["within_budget"] for n in faster), "a faster candidate within budget was passed over"
+    assert may_ship(choice["chosen"]) and not any(may_ship(n) for n in faster), \
+        "a faster candidate within budget was passed over"
+    assert choice["chosen"] in choice["pareto_front"] or by[choice["chosen"]]["precision"] == "fp32"
     assert m["versions"]["onnxruntime"] and m["versions"]["torch"] and m["data"]["held_out"]["offset"] == 32
     assert "PASSED pipeline tiny-resnet" in result.output and "chosen" in result.output
 

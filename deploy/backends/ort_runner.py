@@ -106,7 +106,7 @@ class OrtCudaRunner(OrtRunner):
 
 
 def cpu_session(model, threads: int | None = None, optimized_path: str | None = None,
-                provider: str = "CPUExecutionProvider", optimize: bool = True):
+                provider: str = "CPUExecutionProvider", optimize: bool = True, allow_spinning: bool = True):
     """An ONNX Runtime session on a model given as a ModelProto, bytes or a path (calibration and
     scoring inside ``deploy quantize``, debug's tensor reads, where the models live in memory). With
     ``optimized_path`` ORT writes the graph it will actually run (after its fusions) there; ``optimize``
@@ -126,6 +126,9 @@ def cpu_session(model, threads: int | None = None, optimized_path: str | None = 
         options.optimized_model_filepath = str(optimized_path)
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not allow_spinning:  # sessions timed against each other: a spinning pool slows whoever runs next
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model) \
         if not isinstance(model, bytes) else model
     try:
@@ -133,6 +136,16 @@ def cpu_session(model, threads: int | None = None, optimized_path: str | None = 
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"ONNX Runtime cannot load the model: {first}") from None
+
+
+def session_timer(session, feeds: dict[str, np.ndarray]):
+    """A callable that runs ``session`` once on ``feeds`` and returns the seconds it took (for bench.interleave)."""
+    def once() -> float:
+        start = time.perf_counter()
+        session.run(None, feeds)
+        return time.perf_counter() - start
+
+    return once
 
 
 def run_function(session, outputs: list[str] | None = None):
@@ -145,10 +158,9 @@ def run_function(session, outputs: list[str] | None = None):
     return run
 
 
-def optimized_op_counts(model, threads: int | None = 1, provider: str = "CPUExecutionProvider") -> dict[str, int]:
-    """Op types of the graph ONNX Runtime CPU really runs, after its optimizations (e.g. QLinearConv)."""
+def optimized_graph(model, threads: int | None = 1, provider: str = "CPUExecutionProvider"):
+    """The graph ONNX Runtime runs after its optimizations (e.g. QLinearConv), as an onnx.ModelProto."""
     import tempfile
-    from collections import Counter
     from pathlib import Path
 
     import onnx
@@ -156,5 +168,11 @@ def optimized_op_counts(model, threads: int | None = 1, provider: str = "CPUExec
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "optimized.onnx"
         cpu_session(model, threads=threads, optimized_path=str(path), provider=provider)
-        optimized = onnx.load(str(path))
-    return dict(Counter(node.op_type for node in optimized.graph.node))
+        return onnx.load(str(path))
+
+
+def optimized_op_counts(model, threads: int | None = 1, provider: str = "CPUExecutionProvider") -> dict[str, int]:
+    """Op types of the graph ONNX Runtime CPU really runs, after its optimizations (e.g. QLinearConv)."""
+    from collections import Counter
+
+    return dict(Counter(node.op_type for node in optimized_graph(model, threads, provider).graph.node))

@@ -49,8 +49,12 @@ def _net(opset: int = 11) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
-def _run(model, x):
-    return run_function(cpu_session(model), ["y"])({"input": x})["y"]
+def _run(model, x, output: str = "y"):
+    return run_function(cpu_session(model), [output])({"input": x})[output]
+
+
+def _photos(count: int = 8) -> np.ndarray:
+    return load_photos(count, Preprocess(size=(16, 16)))
 
 
 def test_the_three_spellings_become_hardswish_and_look_alikes_stay():
@@ -81,8 +85,49 @@ def test_quantize_rewrites_hardswish_first_and_says_so(cli, tmp_path):
     report = json.loads((tmp_path / "q.json").read_text())
     assert any(note.startswith("3 HardSwish written as") for note in report["notes"]), report["notes"]
     written = onnx.load(str(tmp_path / "q.onnx"))
-    assert [n.op_type for n in written.graph.node].count("HardSwish") == 3
     assert written.opset_import[0].version >= 14
+    hardswish = [n.op_type for n in written.graph.node].count("HardSwish")
+    if report["placement"]["chosen"] == "convs":
+        assert hardswish == 3
+    else:  # the elementwise placement writes them out again, as ops ONNX Runtime runs on uint8
+        assert hardswish == 0 and any("written out as Add → Clip → Mul" in note for note in report["notes"])
+        assert not {"HardSwish", "HardSigmoid"} & set(report["integer_kernels"]["round_trips"]["ops"])
+
+
+def test_hard_activations_written_out_compute_the_same_and_run_on_uint8(tmp_path):
+    """HardSwish → x · (1/6) · clip(x + 3, 0, 6) and HardSigmoid(α, β) → α · clip(x + β/α, 0, 1/α): the same function
+    (float rounding only); quantized in the elementwise placement, ONNX Runtime runs neither in float."""
+    from deploy.backends.ort_graph import optimized_graph, round_trips
+    from deploy.passes.onnx_activations import expand_hard_activations
+    from deploy.passes.qdq import divisions_to_products, insert_qdq, plan_qdq, with_outputs
+
+    fused = onnx_fuse_hardswish(_net(13)).model
+    n = helper.make_node
+    fused.graph.node.append(n("HardSigmoid", ["y"], ["gate"], name="sigmoid_gate", alpha=0.2, beta=0.5))
+    fused.graph.node.append(n("Mul", ["y", "gate"], ["z"], name="gated"))
+    fused.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8, 16, 16]))
+    expanded = onnx.ModelProto()
+    expanded.CopyFrom(fused)
+    result = expand_hard_activations(expanded)
+    ops = [node.op_type for node in expanded.graph.node]
+    assert len(result.report.sites) == 4 and "HardSwish" not in ops and "HardSigmoid" not in ops
+    x = _photos()
+    # float rounding only, amplified by five convs as in the fusion test above
+    np.testing.assert_allclose(_run(expanded, x, "z"), _run(fused, x, "z"), rtol=1e-4, atol=1e-4)
+    assert divisions_to_products(expanded) == 2  # the look-alikes' / 6, as quantize does
+    plan = plan_qdq(expanded, "ort-cpu", placement="elementwise")
+    gates = {t for t in plan.scaled if t.endswith("hardswish_gate")} | ({"gate"} & set(plan.scaled))
+    assert len(gates) == 4  # each gate's Mul by α is a change of scale, not an op
+    tensors = [t for t in plan.calibrated if t != "input"]
+    outs = run_function(cpu_session(with_outputs(expanded, tensors)), tensors)({"input": x})
+    ranges = {t: (float(outs[t].min()), float(outs[t].max())) for t in tensors}
+    ranges["input"] = (float(x.min()), float(x.max()))
+    quantized = insert_qdq(expanded, plan, ranges).model
+    trips = round_trips(optimized_graph(quantized))
+    # what stays float is the look-alike x + 2.5 (its Clip cannot fold: the range passes 6) and the gate read twice
+    assert not {"HardSwish", "HardSigmoid"} & set(trips.ops), trips
+    out, ref = _run(quantized, x, "z"), _run(fused, x, "z")
+    assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.99
 
 
 def test_deploy_fuse_rewrites_hardswish_in_onnx_files_by_default(cli, tmp_path):
