@@ -76,7 +76,8 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray) -> float | str:
 
 
 def score(fp32: Path, candidate: Path, held: np.ndarray, batch: int) -> dict:
-    from deploy.backends.ort_runner import cpu_session, optimized_op_counts, run_function
+    from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips
+    from deploy.backends.ort_runner import cpu_session, run_function
     from deploy.compare import PRESETS, diff_output
 
     def outputs(path: Path) -> np.ndarray:
@@ -87,13 +88,14 @@ def score(fp32: Path, candidate: Path, held: np.ndarray, batch: int) -> dict:
                                for i in range(0, len(held) - len(held) % batch or len(held), batch)])
 
     d = diff_output("output", outputs(fp32), outputs(candidate), PRESETS["int8"])
-    ops = optimized_op_counts(str(candidate))
+    runs = optimized_graph(str(candidate))
+    ops, trips = op_counts(runs), round_trips(runs)
     return {"centred_sqnr_db": round(d.centred_sqnr_db, 2), "cosine": round(d.cosine, 4),
             "top1_agreement": None if d.top1 is None else round(100 * d.top1, 1),
             "tv_p95": None if d.tv_p95 is None else round(d.tv_p95, 3),
             "preset": "PASSED" if d.passed else "FAILED: " + "; ".join(d.failures),
             "integer_convs": ops.get("QLinearConv", 0), "float_convs": ops.get("Conv", 0) + ops.get("FusedConv", 0),
-            "dequantize": ops.get("DequantizeLinear", 0)}
+            "dequantize": ops.get("DequantizeLinear", 0), "round_trips": trips.count}
 
 
 def _samples(args, name: str, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="samples per run when scoring")
     parser.add_argument("--out", type=Path, default=Path("bench-results/side-by-side"))
     parser.add_argument("--no-bench", action="store_true", help="skip the latency runs")
+    parser.add_argument("--bench-batch", default="1", help="batch sizes to time, e.g. 1,8")
     args = parser.parse_args()
 
     from deploy.export import export_onnx
@@ -167,44 +170,46 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         if not args.no_bench:
             bench_json = args.out / f"{stem}.bench.json"
-            subprocess.run([deploy_cli, "bench", *files, "--backend", "ort-cpu", "--batch", "1",
+            subprocess.run([deploy_cli, "bench", *files, "--backend", "ort-cpu", "--batch", args.bench_batch,
                             *(["--shape", args.shape] if args.shape else []),
                             "--json", str(bench_json), "--md", str(args.out / f"{stem}.bench.md")], check=True)
             row["bench"] = _ratios(bench_json, files)
         rows.append(row)
     (args.out / "side-by-side.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| model | quantizer | s | centred SQNR dB | top-1 agree % / TV | int8 preset | int convs | ×fp32 (b1) |",
-             "|---|---|---:|---:|---:|---|---:|---:|"]
+    lines = ["| model | quantizer | s | centred SQNR dB | top-1 agree % / TV | int8 preset | int convs | round trips "
+             "| ×fp32 |", "|---|---|---:|---:|---:|---|---:|---:|---:|"]
     for row in rows:
         for key in ("deploy", "ort_minmax_s8", "ort_minmax_u8", "ort_entropy_u8", "nncf"):
             r = row[key]
             if "skipped" in r:
-                lines.append(f"| {row['model']} | {key} | – | – | – | {r['skipped']} | – | – |")
+                lines.append(f"| {row['model']} | {key} | – | – | – | {r['skipped']} | – | – | – |")
                 continue
             decision = r["top1_agreement"] if r["top1_agreement"] is not None else \
                 (f"TV {r['tv_p95']}" if r["tv_p95"] is not None else "–")
             speed = row.get("bench", {}).get(key, "–")
             lines.append(f"| {row['model']} | {key} | {r['seconds']} | {r['centred_sqnr_db']} | {decision} | "
-                         f"{r['preset']} | {r['integer_convs']}/{r['integer_convs'] + r['float_convs']} | {speed} |")
+                         f"{r['preset']} | {r['integer_convs']}/{r['integer_convs'] + r['float_convs']} | "
+                         f"{r['round_trips']} | {speed} |")
     (args.out / "side-by-side.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def _ratios(bench_json: Path, files: list[str]) -> dict:
-    """Speed-up of each file over the fp32 file at batch 1 with its 95 % interval, from the bench's paired
-    ratios (one run, interleaved): fp32 time / file time."""
+    """Speed-up of each file over the fp32 file at each batch with its 95 % interval, from the bench's paired
+    ratios (one run per batch, interleaved): fp32 time / file time, as 'b1 1.62× [1.55–1.70]; b8 …'."""
     data = json.loads(bench_json.read_text())
-    out = {}
+    out: dict[str, list[str]] = {}
     for result in data.get("results", []):
         ratio = result.get("ratio_to_baseline")
-        if result.get("batch") != 1 or not ratio:
+        if not ratio:
             continue
         text = f"{result.get('artifact')} {result.get('label')}"
         for path in files[1:]:
             if Path(path).name in text:
                 key = Path(path).stem.split(".")[-1]
-                out[key] = f"{1 / ratio['ratio']:.2f}× [{1 / ratio['high']:.2f}–{1 / ratio['low']:.2f}]"
-    return out
+                out.setdefault(key, []).append(f"b{result.get('batch')} {1 / ratio['ratio']:.2f}× "
+                                               f"[{1 / ratio['high']:.2f}–{1 / ratio['low']:.2f}]")
+    return {key: "; ".join(texts) for key, texts in out.items()}
 
 
 if __name__ == "__main__":
