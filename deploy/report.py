@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .backends.ort_graph import why_float
 from .compare import CompareReport
 from .errors import BadInputError
 from .files import atomic_path
@@ -128,8 +129,8 @@ def runs_as(ops: dict[str, int], trips: dict | None = None) -> str:
     line = f"ONNX Runtime CPU runs: {text}; in float: {left or 'nothing'}"
     if trips is not None:
         if trips.get("count"):
-            through = ", ".join(f"{v} {k}" for k, v in sorted(trips["ops"].items(), key=lambda kv: (-kv[1], kv[0])))
-            line += f"; {trips['count']} round trip(s) DequantizeLinear → float → QuantizeLinear, through {through}"
+            line += (f"; {trips['count']} round trip(s) DequantizeLinear → float → QuantizeLinear, through "
+                     f"{why_float(trips['ops'])}")
         else:
             line += "; no round trip DequantizeLinear → float → QuantizeLinear"
     return line

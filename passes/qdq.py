@@ -274,6 +274,8 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
             if op == "Add" and any(index.is_constant(t) for t in node.input):
                 continue  # Add of a constant is a bias: nothing integer to gain
             quantize_output(past_activation(node.output[0]) if op == "Add" else node.output[0])
+            if elementwise and op == "Concat" and quantized.get(node.output[0]) == node.output[0]:
+                _share_concat_scale(index, node, quantized, plan)
         elif elementwise and op in UNARY_OPS and node.input[0] in quantized and node.output[0] not in quantized:
             quantize_output(node.output[0])
         elif op in ACTIVATION_OPS and node.input[0] in quantized and node.output[0] not in quantized:
@@ -283,6 +285,20 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
         raise QuantizeError("no quantizable op: int8 needs Conv, Gemm or MatMul with constant float weights"
                             + (f" ({reasons})" if reasons else ""))
     return plan
+
+
+def _share_concat_scale(index: GraphIndex, concat: onnx.NodeProto, quantized: dict[str, str], plan: QdqPlan) -> None:
+    """Inputs of a quantized Concat that nothing else reads take the Concat's parameters (its range is their
+    union): their producers then write the Concat's integers directly and ONNX Runtime's QLinearConcat only
+    copies them, where it would otherwise re-map each through a lookup table. ONNX Runtime's own quantizer
+    shares a Concat's scale the same way. An input read elsewhere (a split half a bottleneck also reads) keeps
+    its own parameters."""
+    inherited = {source for tensor, source in quantized.items() if tensor != source}
+    for t in concat.input:
+        if quantized.get(t) != t or t in plan.constants or t in plan.scaled or t in inherited or \
+                t in index.graph_outputs or index.single_consumer(t) is not concat:
+            continue
+        quantized[t] = concat.output[0]
 
 
 def _moves_values(node: onnx.NodeProto) -> bool:

@@ -16,11 +16,17 @@ import onnx
 
 from .ort_runner import optimized_graph
 
-__all__ = ["optimized_graph", "op_counts", "is_integer_kernel", "RoundTrips", "round_trips"]
+__all__ = ["optimized_graph", "op_counts", "is_integer_kernel", "RoundTrips", "round_trips", "why_float"]
 
 INTEGER_PREFIXES = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "NhwcMaxPool", "QAttention",
                     "DynamicQuantize")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ops ONNX Runtime CPU runs on 8-bit data when Q/DQ surround them as its optimizer wants (fused into a QLinear
+# kernel, or run on uint8 with the Q/DQ dropped); anything else between int8 ops is a round trip whatever we do
+RUNS_IN_INT8 = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Sigmoid", "LeakyRelu", "Softmax", "Concat",
+                          "AveragePool", "GlobalAveragePool", "MaxPool", "Resize", "Slice", "Split", "Reshape",
+                          "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Gather", "DepthToSpace", "SpaceToDepth",
+                          "Relu", "Clip", "Where", "ArgMax", "Pad"})
 
 
 def op_counts(graph: onnx.ModelProto | onnx.GraphProto) -> dict[str, int]:
@@ -48,8 +54,16 @@ class RoundTrips:
     def text(self) -> str:
         if not self.count:
             return "no round trip (DequantizeLinear → float → QuantizeLinear) left"
-        ops = ", ".join(f"{v} {k}" for k, v in sorted(self.ops.items(), key=lambda kv: (-kv[1], kv[0])))
-        return f"{self.count} round trip(s) DequantizeLinear → float → QuantizeLinear left, through {ops}"
+        return (f"{self.count} round trip(s) DequantizeLinear → float → QuantizeLinear left, through "
+                f"{why_float(self.ops)}")
+
+
+def why_float(ops: dict[str, int]) -> str:
+    """'30 HardSigmoid (no integer kernel), 2 Mul (kept in float)': each float op type of the round trips, and why:
+    ONNX Runtime CPU has no 8-bit kernel for it, or the placement or mixed precision kept it in float."""
+    parts = [f"{v} {k} ({'kept in float' if k in RUNS_IN_INT8 else 'no integer kernel'})"
+             for k, v in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return ", ".join(parts)
 
 
 def round_trips(model: onnx.ModelProto) -> RoundTrips:

@@ -95,10 +95,12 @@ def quantize(
                      "improves.")] = True,
     placement: Annotated[str, typer.Option("--placement", help="Where Q/DQ go: 'convs' (around Conv/Gemm/"
                          "MatMul, Add, Concat, pooling: float ops between them run in float), 'elementwise' (also "
-                         "Add/Mul with constants, Mul of activations, Sigmoid and other elementwise outputs: a "
-                         "HardSwish or SiLU between integer convs stays integer), or 'auto' (ort-cpu: both judged "
-                         "and timed at batch 1 against fp32, the faster kept unless it misses the preset the "
-                         "other meets).")] = "auto",
+                         "Add/Mul with constants, Mul of activations, Sigmoid/LeakyRelu outputs, HardSwish and "
+                         "HardSigmoid written out as Add/Clip/Mul, a Mul by a positive constant as a change of "
+                         "scale, Resize/Slice/Split on uint8: no float island left between integer convs), or "
+                         "'auto' (ort-cpu: both judged and timed at batch 1 against fp32 in one interleaved run; the "
+                         "one that meets the preset first, then the faster beyond the noise, else the nearer to "
+                         "the preset).")] = "auto",
     time_budget: Annotated[float | None, typer.Option("--time-budget", help="Seconds tier 2 may take (it stops "
                            "between layers and says so). Default: no limit.")] = None,
     json_path: Json = None,

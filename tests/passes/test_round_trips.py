@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips
+from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips, why_float
 from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.passes.onnx_activations import expand_hard_activations
 from deploy.passes.qdq import divisions_to_products, insert_qdq, plan_qdq, with_outputs
@@ -42,7 +42,9 @@ def test_round_trips_count_islands_between_dequantize_and_quantize():
     assert trips.count == 1 and trips.ops == {"Sigmoid": 1, "Mul": 1, "Add": 1} and trips.dequantize == 2
     assert "1 round trip(s)" in trips.text() and "1 Sigmoid" in trips.text()
     line = runs_as({"QLinearConv": 3, "Sigmoid": 1}, trips.to_dict())
-    assert line.endswith("1 round trip(s) DequantizeLinear → float → QuantizeLinear, through 1 Add, 1 Mul, 1 Sigmoid")
+    assert line.endswith("1 round trip(s) DequantizeLinear → float → QuantizeLinear, through 1 Add (kept in float), "
+                         "1 Mul (kept in float), 1 Sigmoid (kept in float)")
+    assert why_float({"HardSigmoid": 30}) == "30 HardSigmoid (no integer kernel)"
     assert runs_as({"QLinearConv": 3}, {"count": 0, "ops": {}}).endswith("no round trip DequantizeLinear → float "
                                                                           "→ QuantizeLinear")
 
@@ -58,13 +60,15 @@ def _fixture(name: str, shape: tuple[int, ...], tmp_path: Path) -> onnx.ModelPro
     return onnx.load(str(path))
 
 
-def _quantize(model: onnx.ModelProto, placement: str, x: np.ndarray) -> onnx.ModelProto:
+def _quantize(model: onnx.ModelProto, placement: str, x: np.ndarray, plans: dict | None = None) -> onnx.ModelProto:
     """The placement with min/max ranges over ``x`` (what runs as what does not depend on the ranges)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     if placement == "elementwise":  # what deploy quantize does for this placement
         divisions_to_products(model)
         expand_hard_activations(model)
     plan = plan_qdq(model, "ort-cpu", placement=placement)
+    if plans is not None:
+        plans[placement] = (onnx.ModelProto.FromString(model.SerializeToString()), plan)
     tensors = [t for t in plan.calibrated if t != "input"]
     outs = run_function(cpu_session(with_outputs(model, tensors)), tensors)({"input": x})
     ranges = {t: (float(outs[t].min()), float(outs[t].max())) for t in tensors}
@@ -80,13 +84,26 @@ def test_fixtures_run_integer_between_their_convs(name, floats, tmp_path):
     x = np.random.default_rng(0).normal(0, 1, (2, 3, 64, 64)).astype(np.float32)
     convs = round_trips(optimized_graph(_quantize(fp32, "convs", x)))
     assert convs.count >= 10 and floats <= set(convs.ops), convs
-    quantized = _quantize(fp32, "elementwise", x)
+    plans: dict = {}
+    quantized = _quantize(fp32, "elementwise", x, plans)
     runs = optimized_graph(quantized)
     trips, ops = round_trips(runs), op_counts(runs)
     assert trips.count == 0, trips  # DequantizeLinear left: only into the float outputs
     assert not floats & set(trips.ops) and ops.get("QLinearConv", 0) >= 30 and ops.get("Conv", 0) == 0, ops
     if name == "yolo":
         assert ops["QLinearSigmoid"] == ops["QLinearMul"] + 6  # 6 score sigmoids per level pair → graph output
+        # a Concat's inputs read by nothing else write its integers directly (one scale); a split half that a
+        # bottleneck also reads keeps its own
+        model, plan = plans["elementwise"]
+        readers: dict[str, int] = {}
+        for node in model.graph.node:
+            for t in node.input:
+                readers[t] = readers.get(t, 0) + 1
+        concats = [n for n in model.graph.node if n.op_type == "Concat" and plan.activations.get(n.output[0])]
+        shared = [t for n in concats for t in n.input if plan.activations.get(t) == n.output[0]]
+        own = [t for n in concats for t in n.input if t in plan.activations and plan.activations[t] != n.output[0]]
+        assert len(shared) >= 10 and all(readers[t] == 1 for t in shared)
+        assert own and all(readers[t] > 1 or plan.activations[t] != t for t in own)
         assert ops.get("QLinearConcat", 0) >= 10 and "Resize" in ops and {"Split", "Slice"} & set(ops), ops
     else:
         assert ops["QLinearAdd"] == ops["QLinearMul"] and ops.get("QLinearGlobalAveragePool", 0) == 3
