@@ -36,6 +36,7 @@ from .passes.bias_correction import fold_corrections, measure_corrections
 from .passes.equalize import Equalization, equalize
 from .passes.onnx_activations import expand_hard_activations, onnx_fuse_hardswish
 from .passes.onnx_fuse import AFFINE_OPS, onnx_fuse_bn
+from .passes.onnx_graph import fold_shape_constants
 from .passes.qdq import (
     ELEMENTWISE_OPS,
     OWN_RANGE_OPS,
@@ -78,7 +79,7 @@ class QuantizeOptions:
     eval_samples: int = 64
     counts_given: bool = False  # the user set --samples/--eval-samples: never scaled down to fit the data
     allow_poor: bool = False  # write (exit 0, loudly) an int8/fp16 that misses `deploy check`'s preset
-    measure: bool = True  # ort-cpu: time int8 against fp32 (interleaved, ~1 s) and say when it is slower
+    measure: bool = True  # ort-cpu: time the written int8 against fp32 (interleaved, ~1 s) and say when it is slower
     batch: int | None = None  # samples per run; default CALIBRATION_BATCH / SCORING_BATCH
     keep_float: tuple[str, ...] = ()
     max_drop: float | None = None  # top-1 points: accuracy drop with labels, else 100 − agreement with fp32
@@ -484,10 +485,10 @@ def quantize_artifact(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         fp32 = _load_fp32(artifact, tmp_dir, say)
-        folds = 0
+        folds = fold_shape_constants(fp32)  # exact: Reshape(bias, shape) and the like, as ONNX Runtime folds them
         if any(n.op_type in ("BatchNormalization", *AFFINE_OPS) for n in fp32.graph.node):
             folded = onnx_fuse_bn(fp32)  # exact: BN and constant per-channel scale/shift into the layers
-            fp32, folds = folded.model, len(folded.report.sites)
+            fp32, folds = folded.model, folds + len(folded.report.sites)
         swish = onnx_fuse_hardswish(fp32)  # exact: x·clip(x + 3, 0, 6)/6 as one HardSwish (one float island)
         fp32 = swish.model
         input_name = fp32.graph.input[0].name
@@ -496,8 +497,8 @@ def quantize_artifact(
                                 options.method, options.calib, options.eval_data or options.calib,
                                 options.samples, options.eval_samples)
         if folds:
-            report.notes.append(f"{folds} BatchNormalization / constant per-channel scale or shift node(s) folded "
-                                f"into the adjacent layers first (exact, as deploy fuse does)")
+            report.notes.append(f"{folds} constant shape op(s), BatchNormalization and constant per-channel scale or "
+                                f"shift node(s) folded first (exact, as ONNX Runtime and deploy fuse do)")
         if swish.report.sites:
             report.notes.append(f"{len(swish.report.sites)} HardSwish written as Add/Clip/Mul/Div (or HardSigmoid/"
                                 f"Mul) rewritten as the one HardSwish op first (exact; int8 and its timing are "
@@ -758,10 +759,12 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
 
 
 def _placements(options: QuantizeOptions) -> list[str]:
-    """Placements to try: ONNX Runtime CPU measures both (auto); other targets keep Q/DQ around the convs."""
+    """Placements to try: ONNX Runtime CPU judges and times both (auto; also when ``measure`` is off, which only
+    skips the final int8-vs-fp32 look: the pipeline times its candidates itself); other targets keep Q/DQ around
+    the convs."""
     if options.placement != "auto":
         return [options.placement]
-    return ["convs", "elementwise"] if options.target == "ort-cpu" and options.measure else ["convs"]
+    return ["convs", "elementwise"] if options.target == "ort-cpu" else ["convs"]
 
 
 def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge: _Judge, build, feeds,

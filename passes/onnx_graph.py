@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+FOLDABLE_SHAPE_OPS = ("Reshape", "Unsqueeze", "Squeeze", "Flatten", "Cast")
+
 
 class GraphIndex:
     """Producer and consumers of every tensor, and the graph's constants (initializers, Constant nodes)."""
@@ -48,6 +50,45 @@ class GraphIndex:
 
     def is_constant(self, name: str) -> bool:
         return name == "" or self.constant(name) is not None
+
+    def value(self, name: str, depth: int = 0) -> np.ndarray | None:
+        """Like :meth:`constant`, and also a Reshape/Unsqueeze/Squeeze/Flatten/Cast of constants, evaluated
+        (Paddle2ONNX writes a conv bias as Reshape(bias, shape) → Add: a constant the runtime folds, which a
+        placement must see as one). Only for reading: the tensor is not an initializer that a pass may rewrite."""
+        found = self.constant(name)
+        node = self.producer.get(name)
+        if found is not None or node is None or depth > 8 or node.op_type not in FOLDABLE_SHAPE_OPS:
+            return found
+        x = self.value(node.input[0], depth + 1)
+        if x is None:
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        second = self.value(node.input[1], depth + 1) if len(node.input) > 1 and node.input[1] else None
+        if len(node.input) > 1 and node.input[1] and second is None:
+            return None
+        try:
+            if node.op_type == "Reshape":
+                shape = [x.shape[i] if d == 0 and not attrs.get("allowzero", 0) else int(d)
+                         for i, d in enumerate(second)]
+                return x.reshape(shape)
+            if node.op_type in ("Unsqueeze", "Squeeze"):
+                axes = [int(a) for a in (second if second is not None else attrs.get("axes", []))]
+                if node.op_type == "Squeeze":
+                    return np.squeeze(x, axis=tuple(axes)) if axes else np.squeeze(x)
+                for a in sorted(a % (x.ndim + len(axes)) for a in axes):
+                    x = np.expand_dims(x, a)
+                return x
+            if node.op_type == "Flatten":
+                axis = attrs.get("axis", 1) % max(x.ndim, 1)
+                return x.reshape(int(np.prod(x.shape[:axis])), -1)
+            if node.op_type == "Cast":
+                return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+        return None
+
+    def is_value(self, name: str) -> bool:
+        return name == "" or self.value(name) is not None
 
     def single_consumer(self, name: str) -> onnx.NodeProto | None:
         users = self.consumers.get(name, [])
@@ -127,3 +168,30 @@ def graph_counts(model: onnx.ModelProto) -> dict[str, int]:
     """nodes, params, and nodes per op type (what a pass report shows before/after)."""
     hist = op_histogram(model)
     return {"nodes": sum(hist.values()), "params": parameter_count(model), **dict(sorted(hist.items()))}
+
+
+def fold_shape_constants(model: onnx.ModelProto) -> int:
+    """Reshape/Unsqueeze/Squeeze/Flatten/Cast nodes whose inputs are all constants become initializers, in place
+    (what ONNX Runtime's constant folding does at load): a bias written as Reshape(bias, shape) → Add is then a
+    plain constant Add the BN/affine fold can take into its layer. Returns how many nodes were folded."""
+    index = GraphIndex(model.graph)
+    inner = {n for node in model.graph.node for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
+             for n in (i for sub in attr.g.node for i in sub.input)}
+    folded, keep = 0, []
+    for node in model.graph.node:
+        out = node.output[0] if node.output else ""
+        if node.op_type in FOLDABLE_SHAPE_OPS and len(node.output) == 1 and out not in index.graph_outputs and \
+                out not in inner and index.constant(out) is None:
+            value = index.value(out)
+            if value is not None:
+                model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), out))
+                index.initializers[out] = model.graph.initializer[-1]
+                folded += 1
+                continue
+        keep.append(node)
+    if folded:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        eliminate_dead_nodes(model.graph)
+    return folded
+

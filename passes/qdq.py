@@ -208,7 +208,7 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
     elementwise = placement == "elementwise"
 
     def quantize_constant(tensor: str) -> bool:
-        value = index.constant(tensor)
+        value = index.value(tensor)
         if value is None or value.dtype not in (np.float32, np.float64) or not np.all(np.isfinite(value)):
             return False
         plan.constants[tensor] = (float(min(value.min(), 0.0)), float(max(value.max(), 0.0)))
@@ -264,7 +264,7 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
             plan.scaled[node.output[0]] = (source, factor)
             quantized[node.output[0]] = node.output[0]  # its own parameters (c·s, z), computed, not calibrated
         elif elementwise and op in ELEMENTWISE_OPS and len(node.input) == 2 and \
-                all(t in quantized or index.is_constant(t) for t in node.input) and \
+                all(t in quantized or index.is_value(t) for t in node.input) and \
                 any(t in quantized and t not in plan.constants for t in node.input):
             if all(t in quantized or quantize_constant(t) for t in node.input):
                 quantize_output(past_activation(node.output[0]))
@@ -313,7 +313,7 @@ def _positive_scalar_factor(index: GraphIndex, node: onnx.NodeProto, quantized: 
                             constants: Mapping) -> tuple[str, float] | None:
     """(x, c) when ``node`` is Mul(x, c) with x a quantized activation and c a positive finite scalar constant."""
     for x, c in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
-        value = index.constant(c)
+        value = index.value(c)
         if x in quantized and x not in constants and value is not None and value.size == 1 and \
                 value.dtype in (np.float32, np.float64):
             factor = float(np.asarray(value).reshape(()))
