@@ -110,3 +110,28 @@ def test_fixtures_run_integer_between_their_convs(name, floats, tmp_path):
     out = run_function(cpu_session(quantized), ["out"])({"input": x})["out"]
     ref = run_function(cpu_session(fp32), ["out"])({"input": x})["out"]
     assert np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9  # the same function, roughly (seeded weights)
+
+
+def test_a_bias_written_as_reshape_folds_into_its_conv():
+    """Paddle2ONNX writes a conv bias as Reshape(bias, [1, C, 1, 1]) → Add: a constant the runtime folds. Folded
+    first, it joins its conv (no Add left, no QLinearAdd pass), and the function is unchanged."""
+    from deploy.passes.onnx_fuse import onnx_fuse_bn
+    from deploy.passes.onnx_graph import fold_shape_constants
+
+    rng = np.random.default_rng(0)
+    n = helper.make_node
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 1, 8).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array([1, 8, 1, 1], np.int64), "shape")]
+    nodes = [n("Conv", ["input", "w"], ["c"], pads=[1, 1, 1, 1]), n("Reshape", ["b", "shape"], ["b4"]),
+             n("Add", ["c", "b4"], ["out"])]
+    graph = helper.make_graph(nodes, "bias", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
+    ref = run_function(cpu_session(model), ["out"])({"input": x})["out"]
+    assert fold_shape_constants(model) == 1 and [n.op_type for n in model.graph.node] == ["Conv", "Add"]
+    fused = onnx_fuse_bn(model).model
+    assert [n.op_type for n in fused.graph.node] == ["Conv"]
+    out = run_function(cpu_session(fused), ["out"])({"input": x})["out"]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
