@@ -166,10 +166,14 @@ def expand_hard_activations(model: onnx.ModelProto) -> PassResult:
 
     Add(x, β/α) runs as QLinearAdd, the Clip folds into its uint8 QuantizeLinear (range [0, 1/α]), the Mul
     by α is only a change of scale (the Q/DQ placement absorbs it, see ``plan_qdq``), and x·(·) is QLinearMul.
-    The inverse of :func:`onnx_fuse_hardswish`; exact up to float rounding (a few ulp). Needs opset ≥ 11
-    (Clip's bounds as inputs)."""
+    The inverse of :func:`onnx_fuse_hardswish`; exact up to float rounding (a few ulp). Below opset 11 (Clip's
+    bounds as attributes) the model is left as it is, and the report says so."""
     start = time.perf_counter()
     report = PassReport("expand_hard_activations", before=graph_counts(model))
+    if any(o.domain in ("", "ai.onnx") and o.version < 11 for o in model.opset_import):
+        report.skipped.append(Site("model", "opset < 11: Clip takes its bounds as attributes there; left as it is"))
+        report.after = graph_counts(model)
+        return PassResult(model, report)
     names = NameAllocator(model.graph)
     constants: dict[float, str] = {}
 
@@ -205,8 +209,6 @@ def expand_hard_activations(model: onnx.ModelProto) -> PassResult:
             report.skipped.append(Site(base, f"alpha {alpha:g} ≤ 0"))
         nodes.append(node)
     if report.sites:
-        if any(o.domain in ("", "ai.onnx") and o.version < 11 for o in model.opset_import):
-            raise ValueError("expand_hard_activations needs opset ≥ 11 (Clip bounds as inputs)")
         del model.graph.node[:]
         model.graph.node.extend(nodes)
     report.after = graph_counts(model)
