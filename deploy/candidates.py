@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .backends.ort_graph import why_float
+from .backends.ort_graph import round_trips_text
 from .certify import Budget, Certificate
 from .errors import DeployError, internal_error_text
 from .files import sha256_file
@@ -186,10 +186,7 @@ def build_quantized(ctx: BuildContext, source: Candidate, precision: str, target
         if k:
             c.changes.append("ONNX Runtime runs: " + ", ".join(f"{v} {op}" for op, v in k.items()
                                                                  if isinstance(v, int) and v))
-            trips = k.get("round_trips") or {}
-            c.changes.append(f"{trips['count']} round trip(s) DequantizeLinear → float → QuantizeLinear left, "
-                             f"through {why_float(trips['ops'])}" if trips.get("count") else
-                             "no round trip DequantizeLinear → float → QuantizeLinear left")
+            c.changes.append(round_trips_text(k.get("round_trips") or {}))
         c.details = {"method": report.chosen, "kept_float": report.kept_float, "target": target,
                      "round_trips": k.get("round_trips"),
                      "budget_met_on_tuning_data": False if unmet else report.budget_met}

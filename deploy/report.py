@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .backends.ort_graph import why_float
+from .backends.ort_graph import round_trips_text
 from .compare import CompareReport
 from .errors import BadInputError
 from .files import atomic_path
@@ -128,11 +128,7 @@ def runs_as(ops: dict[str, int], trips: dict | None = None) -> str:
     left = ", ".join(f"{v} {k}" for k, v in sorted(floats.items(), key=lambda kv: -kv[1]))
     line = f"ONNX Runtime CPU runs: {text}; in float: {left or 'nothing'}"
     if trips is not None:
-        if trips.get("count"):
-            line += (f"; {trips['count']} round trip(s) DequantizeLinear → float → QuantizeLinear, through "
-                     f"{why_float(trips['ops'])}")
-        else:
-            line += "; no round trip DequantizeLinear → float → QuantizeLinear"
+        line += "; " + round_trips_text(trips)
     return line
 
 

@@ -16,7 +16,8 @@ import onnx
 
 from .ort_runner import optimized_graph
 
-__all__ = ["optimized_graph", "op_counts", "is_integer_kernel", "RoundTrips", "round_trips", "why_float"]
+__all__ = ["optimized_graph", "op_counts", "is_integer_kernel", "RoundTrips", "round_trips", "round_trips_text",
+           "why_float"]
 
 INTEGER_PREFIXES = ("QLinear", "QGemm", "MatMulInteger", "ConvInteger", "NhwcMaxPool", "QAttention",
                     "DynamicQuantize")
@@ -52,10 +53,16 @@ class RoundTrips:
         return {"count": self.count, "ops": dict(self.ops), "dequantize": self.dequantize}
 
     def text(self) -> str:
-        if not self.count:
-            return "no round trip (DequantizeLinear → float → QuantizeLinear) left"
-        return (f"{self.count} round trip(s) DequantizeLinear → float → QuantizeLinear left, through "
-                f"{why_float(self.ops)}")
+        return round_trips_text(self.to_dict())
+
+
+def round_trips_text(trips: dict) -> str:
+    """'2 round trip(s) DequantizeLinear → float → QuantizeLinear, through …' (or 'no round trip …'), from
+    :meth:`RoundTrips.to_dict`: the one wording of the runs-as line, quantize's notes and the pipeline."""
+    if not trips.get("count"):
+        return "no round trip DequantizeLinear → float → QuantizeLinear"
+    return (f"{trips['count']} round trip(s) DequantizeLinear → float → QuantizeLinear, through "
+            f"{why_float(trips['ops'])}")
 
 
 def why_float(ops: dict[str, int]) -> str:
