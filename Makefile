@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # setup also fills the cache with the real trained third-party models the demo and the suite use (PaddleOCR's
 # ONNX files, from the rapidocr-onnxruntime wheel via pip; sha256-checked; nothing is downloaded at run time).
 setup: $(STAMP)
-	@$(PY) -m deploy.ppocr fetch > /dev/null
+	@$(PY) -m deploy.artifacts.ppocr fetch > /dev/null
 
 # pip's noise stays out of the output: warnings about this machine's index folders that lack a package,
 # and setuptools' editable-install banner. Real errors still print, and still fail the target.

@@ -122,7 +122,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would ignore the umask (calib imports nothing of deploy.files)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would ignore the umask (calib imports nothing of deploy)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

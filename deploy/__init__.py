@@ -3,4 +3,6 @@
 Heavy optional dependencies (tensorrt, pycuda, CUDA) are imported only inside the runners that use them.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__"]

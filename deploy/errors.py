@@ -42,3 +42,8 @@ def internal_error_text(error: BaseException) -> str:
     """How a bug in deploy is said, everywhere (CLI, a crashed candidate, a demo row): one line, exit 4."""
     text = (str(error).strip().splitlines() or [""])[0][:240]
     return f"internal error {type(error).__name__}: {text} (a bug in deploy; DEPLOY_DEBUG=1 shows the traceback)"
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:240]

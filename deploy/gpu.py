@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .errors import MissingDependencyError
 
-SUPPORTED_TENSORRT = (10, 11)  # the API majors deploy/build.py and the trt runner are written to
+SUPPORTED_TENSORRT = (10, 11)  # the API majors deploy/backends/trt_build.py and the trt runner are written to
 INSTALL_TRT = "pip install '.[trt]' (tensorrt, pycuda) on a machine with an NVIDIA GPU and driver"
 
 

@@ -1,7 +1,7 @@
 """Two small nets for scikit-learn's digits (8×8 greys upsampled to 1×32×32, 10 classes) that we train ourselves.
 
 The zoo cannot download pretrained weights, so these are what int8 accuracy is measured on
-(:mod:`deploy.digits` trains them). One per quantization story:
+(:mod:`deploy.jobs.digits` trains them). One per quantization story:
 
   - ``digits-resnet``: plain conv-BN-ReLU and residual adds, the easy case for int8;
   - ``digits-repvgg``: RepVGG blocks, whose train form fuses into single 3×3 convs (``deploy=True``).

@@ -224,6 +224,16 @@ def apply_record(model: nn.Module, record: PruneRecord) -> None:
 # ------------------------------------------------------------------------------------------ importance
 
 
+def replay(model: nn.Module, record: PruneRecord, prepared: Sequence[str]) -> nn.Module:
+    """The pruned architecture from the original one: the same preparation steps, then the record."""
+    if "reparameterize" in prepared:
+        from .reparam import reparameterize  # passes may import passes
+
+        model = reparameterize(model.eval(), fuse_bn=False).model
+    apply_record(model, record)
+    return model.eval()
+
+
 def _member_scores(module: nn.Module, role: str, layout: Layout, criterion: str) -> list[tuple[int, torch.Tensor]]:
     """Per-segment channel scores (Σ w² or Σ |w|) that one member contributes: [(space, scores)]."""
     if isinstance(module, _BatchNorm):

@@ -78,7 +78,7 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray) -> float | str:
 def score(fp32: Path, candidate: Path, held: np.ndarray, batch: int) -> dict:
     from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips
     from deploy.backends.ort_runner import cpu_session, run_function
-    from deploy.compare import PRESETS, diff_output
+    from deploy.harness.compare import PRESETS, diff_output
 
     def outputs(path: Path) -> np.ndarray:
         session = cpu_session(str(path))
@@ -123,9 +123,9 @@ def main() -> None:
     parser.add_argument("--bench-batch", default="1", help="batch sizes to time, e.g. 1,8")
     args = parser.parse_args()
 
-    from deploy.export import export_onnx
-    from deploy.quantize import QuantizeOptions, quantize_artifact
-    from deploy.spec import load_artifact, load_onnx_artifact
+    from deploy.artifacts.spec import load_artifact, load_onnx_artifact
+    from deploy.jobs.export import export_onnx
+    from deploy.jobs.quantize import QuantizeOptions, quantize_artifact
 
     args.out.mkdir(parents=True, exist_ok=True)
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None

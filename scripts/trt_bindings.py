@@ -6,7 +6,7 @@ enum value pybind11 registers, as C strings. A linker may store a string as the 
 ("Logger" inside "ILogger\\0"), so a name counts as present when some string of the library equals it or
 ends with it; names defined in Python by the wheel's ``__init__.py`` (``nptype``) count too.
 
-The names deploy uses are read from its source (deploy/build.py, deploy/backends/trt_runner.py) by the
+The names deploy uses are read from its source (deploy/backends/trt_build.py, deploy/backends/trt_runner.py) by the
 convention those modules state: attribute chains on ``trt`` or on a variable holding a TensorRT object
 (``builder``, ``config``, ``engine``, …, or ``self._engine``), and the methods of classes that subclass a
 ``trt.`` class (a calibrator's overrides). Functions named ``_legacy_*`` run on TensorRT 10 only; every
@@ -29,7 +29,7 @@ from pathlib import Path
 WHEELS = {10: "10.16.1.11", 11: "11.4.0.106"}
 PACKAGE = "tensorrt-cu12-bindings"
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = (ROOT / "deploy" / "build.py", ROOT / "deploy" / "backends" / "trt_runner.py")
+SOURCES = (ROOT / "deploy" / "backends" / "trt_build.py", ROOT / "deploy" / "backends" / "trt_runner.py")
 TRT_OBJECTS = {"trt", "builder", "network", "parser", "config", "profile", "timing_cache", "logger", "serialized",
                "runtime", "engine", "context"}
 
@@ -179,7 +179,7 @@ def problems(uses: list[Use], v10: ApiNames, v11: ApiNames, removed_in_11: tuple
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from deploy.build import REMOVED_IN_11
+    from deploy.backends.trt_build import REMOVED_IN_11
 
     try:
         v10, v11 = (ApiNames.load(fetch(WHEELS[m]), WHEELS[m]) for m in (10, 11))

@@ -28,8 +28,8 @@ def cli() -> Cli:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     """tiny-resnet exported (and verified) once for the session."""
-    from deploy.export import export_onnx
-    from deploy.spec import load_artifact
+    from deploy.artifacts.spec import load_artifact
+    from deploy.jobs.export import export_onnx
 
     path = tmp_path_factory.mktemp("tiny") / "tiny-resnet.onnx"
     export_onnx(load_artifact("tiny-resnet"), path)
@@ -45,7 +45,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(cache_dir):
     """Both digits nets, trained cold (the cache folder is new), shared by every test that needs them."""
-    from deploy import digits
+    from deploy.jobs import digits
 
     return {name: digits.train_digits(name, cache_dir=cache_dir) for name in digits.MODELS}
 
@@ -54,6 +54,6 @@ def trained(cache_dir):
 def ppocr_models():
     """The PP-OCR files in the cache: `make setup` put them there; a bare `pytest` fetches them here (test
     set-up, with pip from the registry), never while a verb runs."""
-    from deploy import ppocr
+    from deploy.artifacts import ppocr
 
     return ppocr.fetch(say=lambda _m: None)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from deploy.accuracy import BUDGET_POINTS, run_digits_accuracy
+from deploy.jobs.digits_accuracy import BUDGET_POINTS, run_digits_accuracy
 
 
 @pytest.fixture(scope="module")

@@ -106,10 +106,9 @@ def test_bad_data_folder(cli, tmp_path):
 
 def test_export_that_fails_verification_writes_nothing(tmp_path):
     """A model whose ONNX export differs from eager PyTorch (a data-dependent branch traced one way)."""
-    from deploy.backends.base import TensorSpec
+    from deploy.artifacts.artifact import Artifact, TensorSpec
     from deploy.errors import CheckFailedError
-    from deploy.export import export_onnx
-    from deploy.spec import Artifact
+    from deploy.jobs.export import export_onnx
 
     class Branchy(torch.nn.Module):
         def forward(self, x):

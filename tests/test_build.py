@@ -8,23 +8,19 @@ import numpy as np
 import onnx
 import pytest
 
-from deploy.backends.base import TensorSpec
-from deploy.build import (
+from deploy.artifacts.artifact import TensorSpec
+from deploy.artifacts.engine_record import EngineRecord, ShapeRange, compatibility_problems, read_sidecar, write_sidecar
+from deploy.backends.trt_build import (
     BuildOptions,
-    EngineRecord,
-    ShapeRange,
     calibration_cache_text,
-    compatibility_problems,
     graph_precision,
     parse_profile,
     plan_build,
     plan_timing_cache,
     prepare_source,
     profile_for,
-    read_sidecar,
     tensorrt_version_number,
     timing_cache_record,
-    write_sidecar,
 )
 from deploy.calib.table import RangesTable, read_trt_cache
 from deploy.errors import BadInputError
@@ -279,7 +275,7 @@ def test_engine_artifacts_need_the_trt_backend(cli, tiny_onnx, tmp_path):
     engine = tmp_path / "tiny.engine"
     engine.write_bytes(b"not really an engine")
     write_sidecar(_record(tiny_onnx, engine.read_bytes()), engine)
-    from deploy.spec import load_artifact
+    from deploy.artifacts.spec import load_artifact
 
     artifact = load_artifact(str(engine))
     assert artifact.kind == "engine" and artifact.inputs[0].name == "input" and artifact.inputs[0].dynamic_batch
@@ -305,8 +301,8 @@ def test_inspect_shows_an_engine_record_and_transforming_verbs_point_to_its_onnx
 
 
 def test_the_trt_runner_builds_onnx_files_with_the_shapes_the_user_gave(tiny_onnx):
+    from deploy.artifacts.artifact import Artifact
     from deploy.backends.trt_runner import TrtRunner
-    from deploy.spec import Artifact
 
     artifact = Artifact("net.onnx", "onnx", [TensorSpec("images", ("batch", 3, 64, 48)), TensorSpec("meta", (1, 4)),
                                             TensorSpec("free", ("batch", 3, "h", "w"))], onnx_path=tiny_onnx)

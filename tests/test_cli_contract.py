@@ -231,8 +231,8 @@ def test_files_honour_the_umask(cli, tiny_onnx, tmp_path):
 
 
 def test_speed_label_says_same_when_the_interval_spans_one():
-    from deploy.bench import BenchResult, speedup_text
-    from deploy.stats import RatioEstimate, summarize
+    from deploy.harness.bench import BenchResult, speedup_text
+    from deploy.harness.stats import RatioEstimate, summarize
 
     def result(ratio, low, high):
         return BenchResult("x", "x", "ort-cpu", 1, "all", summarize([0.001] * 5), 1, None, None,

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from deploy.compare import PRESETS, Tolerance, compare_outputs, diff_output, parse_tolerance_overrides
 from deploy.errors import BadInputError
+from deploy.harness.compare import PRESETS, Tolerance, compare_outputs, diff_output, parse_tolerance_overrides
 
 
 def test_max_abs_and_relative_error():

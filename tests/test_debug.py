@@ -9,15 +9,15 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from deploy.debug import _scope, debug_artifacts
-from deploy.spec import load_artifact
+from deploy.artifacts.spec import load_artifact
+from deploy.jobs.debug import _scope, debug_artifacts
 
 PERTURBED = "/layer2/layer2.1/conv2/Conv"
 
 
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory):
-    from deploy.export import export_onnx
+    from deploy.jobs.export import export_onnx
 
     path = tmp_path_factory.mktemp("debug") / "r18.onnx"
     export_onnx(load_artifact("resnet18"), path, verify=False)
@@ -78,7 +78,7 @@ def test_a_wrong_bn_epsilon_is_found_through_the_folded_conv(r18):
 
 @pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2", "tiny-resnet"])
 def test_a_healthy_export_aligns_and_does_not_diverge(model, r18, tmp_path):
-    from deploy.export import export_onnx
+    from deploy.jobs.export import export_onnx
 
     artifact = load_artifact(model)
     if model == "resnet18":
@@ -181,7 +181,7 @@ def test_an_in_place_change_is_not_taken_for_a_folded_module(tmp_path):
     """Dropout reads the BN output after `out += x`: it must not inherit the Conv the BN was folded into."""
     from pathlib import Path
 
-    from deploy.export import export_onnx
+    from deploy.jobs.export import export_onnx
 
     spec = f"{Path(__file__).parent / 'fixtures' / 'debug_inplace.py'}:block"
     artifact = load_artifact(spec, shape=(1, 3, 16, 16))

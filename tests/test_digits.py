@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from deploy import digits
+from deploy.jobs import digits
 from deploy.models import create_model, get_model_entry
 
 MIN_ACCURACY = 95.0
@@ -113,7 +113,7 @@ def test_second_call_loads_the_cache(trained, cache_dir, name: str) -> None:
 
 def test_checkpoint_is_a_plain_state_dict_for_weights(trained, splits) -> None:
     """`deploy … --weights <checkpoint>` takes it: tensors only, weights-only unpickling, strict keys."""
-    from deploy.spec import load_artifact
+    from deploy.artifacts.spec import load_artifact
 
     run = trained["digits-resnet"]
     state = torch.load(run.checkpoint, weights_only=True)
@@ -191,8 +191,8 @@ def test_reparameterizing_the_resnet_changes_nothing(trained) -> None:
 
 @pytest.mark.parametrize("form", ["digits-resnet", "digits-repvgg", "digits-repvgg (deploy form)"])
 def test_onnx_runtime_accuracy_equals_torch(trained, splits, tmp_path, form: str) -> None:
-    from deploy.export import export_onnx
-    from deploy.spec import load_artifact
+    from deploy.artifacts.spec import load_artifact
+    from deploy.jobs.export import export_onnx
 
     name = form.split()[0]
     run = trained[name]

@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
-from deploy.export import export_onnx
-from deploy.fuse import fuse_artifact, parse_passes
+from deploy.artifacts.spec import load_artifact, load_onnx_artifact
+from deploy.jobs.export import export_onnx
+from deploy.jobs.fuse import fuse_artifact, parse_passes
 from deploy.models import create_model, list_models
-from deploy.spec import load_artifact, load_onnx_artifact
 
 ZOO = [n for n in list_models() if not n.startswith("vgg")]  # the VGGs add 60 s and nothing new: slow suite
 

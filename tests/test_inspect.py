@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deploy.inspection import conv_flops, count_model, inspect_module, inspect_onnx
+from deploy.jobs.inspection import conv_flops, count_model, inspect_module, inspect_onnx
 from deploy.models import get_model_entry
 
 
@@ -32,7 +32,7 @@ def test_zoo_flops_match_torchvision_gmacs(name, gmacs):
 
 
 def test_onnx_inspection_agrees_with_torch(tiny_onnx):
-    from deploy.spec import load_artifact
+    from deploy.artifacts.spec import load_artifact
 
     artifact = load_artifact("tiny-resnet")
     torch_report = inspect_module(artifact.module, artifact.example_shape)

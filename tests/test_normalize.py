@@ -6,9 +6,9 @@ import onnx
 import pytest
 import torch
 
+from deploy.artifacts.normalize import needs_normalizing, normalize_onnx, verify_same
+from deploy.artifacts.spec import load_artifact
 from deploy.errors import BadInputError
-from deploy.normalize import needs_normalizing, normalize_onnx, verify_same
-from deploy.spec import load_artifact
 
 FAST_Q = ("--samples", "24", "--eval-samples", "16")
 

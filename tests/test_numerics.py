@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.inputs import make_feeds
+from deploy.artifacts.inputs import make_feeds
+from deploy.artifacts.numerics import MAX_GAIN_RATIO, batchnorm_layers, limit_bn_gain, make_realistic
+from deploy.artifacts.spec import load_artifact
 from deploy.models import create_model
-from deploy.numerics import MAX_GAIN_RATIO, batchnorm_layers, limit_bn_gain, make_realistic
-from deploy.spec import load_artifact
 
 
 def test_gain_cap_by_hand():

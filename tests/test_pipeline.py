@@ -15,7 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "deploy" / "schemas" / "manifest.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "deploy" / "pipeline" / "manifest.schema.json").read_text())
 _spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "scripts" / "report_screenshot.py")
 shots = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(shots)
@@ -52,7 +52,7 @@ def test_pipeline_writes_certified_candidates_and_a_valid_manifest(tiny_run):
     assert by["pruned-0.8"]["details"]["macs_kept"] < 1.0 and by["pruned-0.8+int8"]["parent"] == "pruned-0.8"
     for c in by.values():
         if c["built"]:
-            from deploy.files import sha256_file
+            from deploy.artifacts.files import sha256_file
 
             assert sha256_file(out / c["file"]) == c["sha256"]
     choice = m["choices"]["ort-cpu"]
@@ -150,7 +150,7 @@ def test_verify_fails_an_unreachable_latency(cli, tiny_run, tmp_path):
 
 def test_verify_refuses_what_is_not_a_manifest(cli, tmp_path):
     bad = tmp_path / "manifest.json"
-    bad.write_text(json.dumps({"format": "deploy.manifest/1", "candidates": []}))
+    bad.write_text(json.dumps({"format": "deploy.pipeline.manifest/1", "candidates": []}))
     result = cli("verify", bad)
     assert result.exit_code == 2 and "not a deploy manifest" in result.stderr
     assert cli("verify", tmp_path / "nothing.json").exit_code == 2
@@ -173,7 +173,7 @@ def test_pipeline_on_an_onnx_file_with_labelled_digits(cli, trained, tmp_path):
     """A user's ONNX file and labelled arrays: accuracy certificates; no pruned candidates (no PyTorch)."""
     from safetensors.torch import save_file
 
-    from deploy.digits import digits_splits, write_digits_npz
+    from deploy.jobs.digits import digits_splits, write_digits_npz
 
     weights = tmp_path / "digits.safetensors"
     save_file({k: v.contiguous() for k, v in trained["digits-resnet"].model.state_dict().items()}, str(weights))
@@ -199,7 +199,7 @@ def test_pipeline_on_an_onnx_file_with_labelled_digits(cli, trained, tmp_path):
 
 
 def test_an_earlier_pipeline_folder_is_replaced_whole(tmp_path):
-    from deploy.pipeline import _check_folder, _move_into_place
+    from deploy.pipeline.run import _check_folder, _move_into_place
 
     old = tmp_path / "out"
     old.mkdir()

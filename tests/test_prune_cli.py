@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from deploy.artifacts.spec import load_artifact
 from deploy.models import list_models
 from deploy.passes.prune import count
-from deploy.spec import load_artifact
 
 FAST = ["tiny-resnet", "tiny-mobilenet", "mobilenet_v3_small", "shufflenet_v2_x1_0", "dbb_resnet18"]
 SLOW = [m for m in list_models() if m not in FAST]
@@ -115,7 +115,7 @@ def test_digits_accuracy_recovers_without_labels(cli, tmp_path, trained):
     net on unlabelled images ends within 1.0 point of it; with labels within 0.5 (400 test images)."""
     from safetensors.torch import save_file
 
-    from deploy.digits import digits_splits, write_digits_npz
+    from deploy.jobs.digits import digits_splits, write_digits_npz
 
     net = trained["digits-resnet"]
     weights = tmp_path / "digits.safetensors"
@@ -195,7 +195,7 @@ def test_held_out_data_follows_the_calibration_samples_of_an_array_file(cli, tmp
     """Without --eval, an .npz --data scores each stage on the samples after the calibration ones."""
     from safetensors.torch import save_file
 
-    from deploy.digits import digits_splits, write_digits_npz
+    from deploy.jobs.digits import digits_splits, write_digits_npz
 
     weights = tmp_path / "digits.safetensors"
     save_file({k: v.contiguous() for k, v in trained["digits-resnet"].model.state_dict().items()}, str(weights))

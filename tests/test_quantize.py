@@ -249,7 +249,7 @@ def test_an_int8_that_misses_the_preset_fails_unless_allowed(cli, tiny_onnx, tmp
 
 
 def test_scores_of_class_like_outputs_rank_by_agreement_first():
-    from deploy.quantize import Score, wilson_interval
+    from deploy.jobs.quantize import Score, wilson_interval
 
     sqnr_first = Score("a", 25.0, 25.0, 0.99, 75.0, None)
     agreement_first = Score("b", 20.0, 20.0, 0.98, 91.7, None)
@@ -267,7 +267,7 @@ def test_mixed_precision_aims_at_the_preset_on_a_real_trained_classifier(cli, pp
     (logits, as many exporters leave it to the caller) the tournament's best misses the cosine; with no budget,
     mixed precision keeps the most sensitive layers and tensors in float until the preset holds. --no-mixed
     judges the tournament's best alone."""
-    from deploy import ppocr
+    from deploy.artifacts import ppocr
 
     tune, held = ppocr.write_orientation_npz(tmp_path)
     data = ("--shape", "1,3,48,192", "--data", tune, "--eval", held, "--no-tier2", "--placement", "convs")
@@ -312,7 +312,7 @@ def test_sensitivity_judge_on_the_hardest_samples_picks_those_the_candidate_gets
     percentiles are decided there): a candidate that clips its input errs only on the samples beyond the clip."""
     from onnx import numpy_helper
 
-    from deploy.quantize import _Judge
+    from deploy.jobs.quantize import _Judge
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.normal(0, 1, (4, 3, 1, 1)).astype(np.float32), "w")

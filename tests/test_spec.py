@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from deploy.artifacts.spec import load_artifact, parse_shape, read_state_dict
 from deploy.errors import BadInputError
 from deploy.models import create_model
-from deploy.spec import load_artifact, parse_shape, read_state_dict
 
 
 def test_parse_shape():

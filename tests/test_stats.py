@@ -5,9 +5,9 @@ import itertools
 import numpy as np
 import pytest
 
-from deploy.bench import Warmup, parse_batches
 from deploy.errors import BadInputError
-from deploy.stats import balanced_orders, is_stable, paired_ratio, summarize
+from deploy.harness.bench import Warmup, parse_batches
+from deploy.harness.stats import balanced_orders, is_stable, paired_ratio, summarize
 
 
 def test_summary_of_one_to_a_hundred():

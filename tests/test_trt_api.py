@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.build import REMOVED_IN_11
+from deploy.backends.trt_build import REMOVED_IN_11
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("trt_bindings", ROOT / "scripts" / "trt_bindings.py")

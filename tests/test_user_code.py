@@ -12,8 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from deploy.artifacts.spec import load_artifact, parse_shapes, split_call
 from deploy.errors import BadInputError
-from deploy.spec import load_artifact, parse_shapes, split_call
 
 
 def write_vision_package(root: Path) -> Path:

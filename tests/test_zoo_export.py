@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from deploy.export import export_onnx
-from deploy.harness import check_artifacts
+from deploy.artifacts.spec import load_artifact, load_onnx_artifact
+from deploy.harness.check import check_artifacts
+from deploy.jobs.export import export_onnx
 from deploy.models import list_models
-from deploy.spec import load_artifact, load_onnx_artifact
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -10,44 +10,12 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from ..errors import BadInputError
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:240]
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape (ints, or strings for symbolic dims) and dtype of one graph input or output."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: np.dtype = np.dtype(np.float32)
-
-    def concrete(self, batch: int = 1) -> tuple[int, ...]:
-        """The shape with the leading symbolic dim set to ``batch`` (others must be static)."""
-        dims = []
-        for i, d in enumerate(self.shape):
-            if isinstance(d, int) and d > 0:
-                dims.append(d)
-            elif i == 0:
-                dims.append(batch)
-            else:
-                raise BadInputError(
-                    f"input '{self.name}' has a dynamic dim {i} ({d!r}); give the shape with --shape"
-                )
-        return tuple(dims)
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return bool(self.shape) and not (isinstance(self.shape[0], int) and self.shape[0] > 0)
+from ..artifacts.artifact import Artifact, TensorSpec
+from ..errors import BadInputError, first_line
 
 
 class Runner(ABC):
@@ -58,7 +26,7 @@ class Runner(ABC):
     artifact_kind: ClassVar[str]  # "torch" or "onnx": what this runner executes natively
     also_runs: ClassVar[tuple[str, ...]] = ()  # other artifact kinds it loads as they are ("engine" for trt)
 
-    def __init__(self, artifact, threads: int | None = None, allow_spinning: bool = True):
+    def __init__(self, artifact: Artifact, threads: int | None = None, allow_spinning: bool = True):
         self.artifact = artifact
         self.threads = threads
         # Runtimes whose idle worker threads spin (ONNX Runtime) take cores from whatever runs next:

@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from ..artifacts.artifact import name_outputs
 from ..errors import BadInputError, MissingDependencyError
 from .base import Runner
-
-
-def name_outputs(result) -> dict[str, torch.Tensor]:
-    """Give a model's outputs the names the exporter gives them.
-
-    One tensor → ``output``; a flat mapping of tensors keeps its keys; anything else (tuples, lists,
-    nesting such as a detector's ``(logits, [boxes, scores])``) is flattened in the exporter's order to
-    ``output_0``, ``output_1``… so that no nested tensor escapes the comparison.
-    """
-    from torch.utils._pytree import tree_flatten
-
-    if isinstance(result, torch.Tensor):
-        return {"output": result}
-    if isinstance(result, Mapping) and all(isinstance(v, torch.Tensor) for v in result.values()):
-        return {str(k): v for k, v in result.items()}
-    if isinstance(result, Mapping | Sequence):
-        flat = [v for v in tree_flatten(result)[0] if isinstance(v, torch.Tensor)]
-        if flat:
-            return {f"output_{i}": v for i, v in enumerate(flat)}
-    raise BadInputError(f"model returned {type(result).__name__}; expected tensors (a tensor, tuple or dict)")
 
 
 class TorchRunner(Runner):

@@ -65,7 +65,7 @@ class TrtRunner(Runner):
     # -- engines --------------------------------------------------------------------------------------
 
     def _deserialize(self, path: Path, check: bool) -> tuple:
-        from ..build import read_sidecar, require_compatible
+        from ..artifacts.engine_record import read_sidecar, require_compatible
         from ..gpu import device_facts
 
         data = path.read_bytes()
@@ -94,14 +94,14 @@ class TrtRunner(Runner):
         return self._engines[batch]
 
     def _cached_build(self, batch: int) -> Path:
-        from ..build import BuildOptions, build_engine, file_sha256
-        from ..files import default_cache_dir
+        from ..artifacts.files import default_cache_dir, sha256_file
         from ..gpu import device_facts
+        from .trt_build import BuildOptions, build_engine
 
         options = BuildOptions(batch=(1, batch, max(batch, DEFAULT_MAX_BATCH)),
                                profile=self._profile_from_specs(batch))
         facts = device_facts()
-        key = hashlib.sha256("|".join([file_sha256(self.artifact.onnx_path), str(options.to_dict()),
+        key = hashlib.sha256("|".join([sha256_file(self.artifact.onnx_path), str(options.to_dict()),
                                        self._trt.__version__, str(facts.get("gpu")),
                                        str(facts.get("compute_capability"))]).encode()).hexdigest()[:20]
         folder = default_cache_dir() / "engines"
@@ -116,7 +116,7 @@ class TrtRunner(Runner):
 
     def _profile_from_specs(self, batch: int) -> dict:
         """Shapes for inputs whose free dims --shape filled (the file alone leaves them dynamic)."""
-        from ..build import ShapeRange
+        from ..artifacts.engine_record import ShapeRange
 
         top = max(batch, DEFAULT_MAX_BATCH)
         shapes = {}

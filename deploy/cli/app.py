@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError, internal_error_text
 
 app = typer.Typer(
@@ -111,8 +111,8 @@ def spec_inputs(role: str, spec: str | None) -> list[tuple[str, str | None]]:
     is recorded by name), and the .py of path/to/file.py:factory."""
     if spec is None:
         return []
-    from ..build import sidecar_path
-    from ..spec import is_engine_spec, is_onnx_spec, split_call
+    from ..artifacts.engine_record import sidecar_path
+    from ..artifacts.spec import is_engine_spec, is_onnx_spec, split_call
 
     if is_onnx_spec(spec):
         return [(role, spec)]
@@ -129,7 +129,7 @@ def data_file(data: str | None) -> str | None:
 
 def guard(inputs: list[tuple[str, str | os.PathLike | None]], outputs: list[tuple[str, Path | None]]) -> None:
     """Before any work: no output may be an input or another output, and every output folder is writable."""
-    from ..files import check_paths
+    from ..artifacts.files import check_paths
 
     check_paths(inputs, outputs)
     _outputs.set((*_outputs.get(), *outputs))
@@ -139,12 +139,12 @@ def load(spec: str, weights: str | None = None, shape: list[str] | None = None, 
     """Load a model spec; then check the guarded outputs again against the files it was read from
     (``pkg.module:factory`` names its source file only once imported). ``engines``: the verb takes a
     TensorRT engine (check, bench, inspect); the others work on the ONNX an engine was built from."""
+    from ..artifacts.files import check_paths
+    from ..artifacts.spec import is_engine_spec, load_artifact, parse_shapes
     from ..errors import BadInputError
-    from ..files import check_paths
-    from ..spec import is_engine_spec, load_artifact, parse_shapes
 
     if is_engine_spec(spec) and not engines:
-        from ..build import read_sidecar
+        from ..artifacts.engine_record import read_sidecar
 
         source = read_sidecar(spec).onnx if Path(f"{spec}.json").is_file() else "the ONNX it was built from"
         verb = _current.get()[0] or "this verb"
@@ -232,8 +232,8 @@ def write_report(json_path: Path | None, data: dict, *, inputs=(), outputs=(), t
     """The JSON report, with its provenance block (version, command, time, file hashes, machine)."""
     if not json_path:
         return
-    from ..provenance import provenance
-    from ..report import write_json
+    from ..artifacts.provenance import provenance
+    from ..harness.report import write_json
 
     command, params = _current.get()
     data = dict(data)
@@ -254,7 +254,7 @@ def finish(report, json_path: Path | None, *, inputs=(), outputs=(), threads: in
 
 def show_failed_check(error: CheckFailedError, json_path: Path | None, *, inputs=(), threads=None) -> None:
     """Before a failed export/fuse exits 1: the comparison table, and the JSON report when asked."""
-    from ..report import print_compare
+    from ..harness.report import print_compare
 
     failed = getattr(error, "report", None)
     if failed is not None and failed.check is not None:

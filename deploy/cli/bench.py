@@ -61,9 +61,9 @@ def bench(
     threads, library versions, GPU) is in every report. --weights loads into the first artifact,
     --weights-b into the second.
     """
+    from ..artifacts.files import write_text_atomic
     from ..backends import parse_backend_list
-    from ..bench import BenchConfig, Warmup, format_ratio, parse_batches, run_bench, speedup_text
-    from ..files import write_text_atomic
+    from ..harness.bench import BenchConfig, Warmup, format_ratio, parse_batches, run_bench, speedup_text
 
     if min_runs < 1 or min_time < 0 or max_time <= 0 or gap_ms < 0:
         raise BadInputError("--min-runs must be ≥ 1, --min-time ≥ 0, --max-time > 0 and --gap-ms ≥ 0")
@@ -106,7 +106,7 @@ def bench(
     if md_path:
         write_text_atomic(md_path, report.to_markdown())
     if plot:
-        from ..plot import plot_latency
+        from ..harness.plot import plot_latency
 
         plot_latency(report, plot)
         out.print(f"chart: {plot}", markup=False)

@@ -86,7 +86,7 @@ def build(
     refuse an engine from another TensorRT or GPU with one line, instead of TensorRT's deserialization error.
     Exits 3 when TensorRT, pycuda/torch-CUDA or a GPU is missing (`deploy backends` says which).
     """
-    from ..build import BuildOptions, build_engine, parse_profile, plan_build
+    from ..backends.trt_build import BuildOptions, build_engine, parse_profile, plan_build
     from ..gpu import device_facts, import_tensorrt, require_tensorrt, tensorrt_major
 
     trt = None

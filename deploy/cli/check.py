@@ -87,8 +87,8 @@ def check(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from ..backends import get_runner_class
-    from ..harness import check_artifacts
-    from ..report import print_compare
+    from ..harness.check import check_artifacts
+    from ..harness.report import print_compare
 
     weights = renamed(weights, old_weights_a, "--weights-a")
     samples = renamed(samples, old_inputs, "--inputs", default=8)
@@ -117,8 +117,8 @@ def check(
 
 
 def _localize(a, b, backend_a, backend_b, samples, run_batch, data, seed, precision, threads) -> dict | None:
-    from ..debug import debug_artifacts
     from ..errors import DeployError
+    from ..jobs.debug import debug_artifacts
     from .debug import print_debug
 
     if b.kind != "onnx":

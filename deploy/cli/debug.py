@@ -45,7 +45,7 @@ from .options import (
 
 
 def _db(x: float | None) -> str:
-    from ..report import fmt_db
+    from ..harness.report import fmt_db
 
     return "-" if x is None else fmt_db(x)
 
@@ -99,8 +99,8 @@ def print_debug(report, top: int) -> None:
 
 def run_debug(a, b, *, backend_a, backend_b, samples, run_batch, data, seed, precision, threads, top, extract,
               plot, json_path, inputs, impact) -> None:
-    from ..debug import debug_artifacts, extract_reproducer
-    from ..plot import plot_debug
+    from ..harness.plot import plot_debug
+    from ..jobs.debug import debug_artifacts, extract_reproducer
 
     with err.status("debugging", spinner="dots") as status:
         report, state = debug_artifacts(a, b, backend_reference=backend_a, backend_candidate=backend_b or "ort-cpu",

@@ -54,10 +54,10 @@ def demo(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..demo_job import check_names, run_demo
+    from ..artifacts.spec import parse_shapes
     from ..errors import BadInputError
-    from ..pipeline import PipelineOptions, _validate, check_backends
-    from ..spec import parse_shapes
+    from ..pipeline.demo import check_names, run_demo
+    from ..pipeline.run import PipelineOptions, _validate, check_backends
 
     names = tuple(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
     check_names(names)
@@ -100,7 +100,7 @@ def _dry_run(names: tuple[str, ...], base, shape) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..demo_job import DemoRow, check_plan
+    from ..pipeline.demo import DemoRow, check_plan
 
     with err.status("preparing the demo models", spinner="dots") as status:
         plan = check_plan(names, base, say=lambda msg: status.update(msg), shape=shape)
@@ -132,7 +132,7 @@ def _print(report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..demo_index import candidate_rows, ship_rows
+    from ..pipeline.demo_index import candidate_rows, ship_rows
 
     for r in report.rows:
         if r.report is None:

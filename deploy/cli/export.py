@@ -85,8 +85,9 @@ def export(
     file, when ONNX Runtime and PyTorch disagree beyond fp32 tolerance (max relative error 1e-5, judged
     against a float64 evaluation of the model).
     """
-    from ..export import export_onnx, parse_dynamic
-    from ..report import fmt_bytes, ops_table
+    from ..artifacts.onnx_export import parse_dynamic
+    from ..harness.report import fmt_bytes, ops_table
+    from ..jobs.export import export_onnx
 
     samples = renamed(samples, old_inputs, "--inputs", default=4)
     axes = parse_dynamic(dynamic, static)

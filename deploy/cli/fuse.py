@@ -58,9 +58,9 @@ def fuse(
     what it cannot merge it reports with the reason. The last line is PASSED or FAILED; exits 1, writing
     nothing, when the result is not equivalent to the original within max relative error 1e-5.
     """
-    from ..export import parse_dynamic
-    from ..fuse import fuse_artifact, parse_passes
-    from ..report import ops_table, print_compare
+    from ..artifacts.onnx_export import parse_dynamic
+    from ..harness.report import ops_table, print_compare
+    from ..jobs.fuse import fuse_artifact, parse_passes
 
     samples = renamed(samples, old_inputs, "--inputs", default=8)
     axes = parse_dynamic(dynamic)

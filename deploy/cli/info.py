@@ -18,9 +18,9 @@ def zoo(
     json_path: Json = None,
 ) -> None:
     """List the zoo: name, family, parameters, GFLOPs (2·MACs, one sample) and input size."""
-    from ..inspection import count_model
+    from ..harness.report import write_json
+    from ..jobs.inspection import count_model
     from ..models import get_model_entry, list_models
-    from ..report import write_json
 
     guard([], [("--json", json_path)])
     names = list_models(pattern)
@@ -46,7 +46,7 @@ def zoo(
 
 def _print_engine(artifact, json_path, inputs) -> None:
     """An engine's record: what it was built from, for which TensorRT and GPU, its profile and I/O."""
-    from ..build import read_sidecar
+    from ..artifacts.engine_record import read_sidecar
 
     record = read_sidecar(artifact.engine_path)
     plan = record.plan
@@ -73,8 +73,8 @@ def inspect(
     json_path: Json = None,
 ) -> None:
     """Per-layer output shapes, parameters and FLOPs (conv 2·Cin/g·k²·Cout·H·W), op histogram, totals."""
-    from ..inspection import inspect_artifact
-    from ..report import ops_table
+    from ..harness.report import ops_table
+    from ..jobs.inspection import inspect_artifact
 
     inputs = [*spec_inputs("MODEL", model), ("--weights", weights)]
     guard(inputs, [("--json", json_path)])
@@ -105,7 +105,7 @@ def backends(json_path: Json = None) -> None:
     from rich.markup import escape
 
     from ..backends import backend_status
-    from ..report import write_json
+    from ..harness.report import write_json
 
     guard([], [("--json", json_path)])
     with err.status("probing backends", spinner="dots"):

@@ -98,8 +98,8 @@ def pipeline(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..pipeline import PipelineOptions, run_pipeline
-    from ..report import fmt_db
+    from ..harness.report import fmt_db
+    from ..pipeline.run import PipelineOptions, run_pipeline
 
     threads = resolve_threads(threads)
     backends = tuple(b.strip() for b in backend.split(",") if b.strip())
@@ -107,7 +107,7 @@ def pipeline(
                               eval_data=eval_data, samples=samples, eval_samples=eval_samples,
                               prune_latency=_fractions(prune_latency), distil=distil, batch=timing_batch,
                               min_time=min_time, threads=threads, command=["deploy", *sys.argv[1:]])
-    from ..pipeline import _check_folder, _validate, check_backends
+    from ..pipeline.run import _check_folder, _validate, check_backends
 
     _validate(options)
     check_backends(options.backends)
@@ -138,7 +138,7 @@ def pipeline(
 def _print_table(report, fmt_db) -> None:
     from rich.table import Table
 
-    from ..pareto import speed_text
+    from ..pipeline.pareto import speed_text
 
     labels = report.held_out.labels is not None
     for backend, choice in report.choices.items():
@@ -190,7 +190,7 @@ def verify(
     """
     from rich.table import Table
 
-    from ..verify import VerifyOptions, verify_manifest, write_junit
+    from ..pipeline.verify import VerifyOptions, verify_manifest, write_junit
 
     threads = resolve_threads(threads) if threads is not None else None  # None: the manifest's (capped here)
     guard([("manifest", manifest), ("data", data_file(data))], [("--junit", junit), ("--json", json_path)])

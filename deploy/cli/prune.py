@@ -99,8 +99,8 @@ def prune(
     model in ONNX Runtime) and OUT.safetensors (weights + pruning record: `MODEL -w OUT.safetensors`
     rebuilds it, no pickle). A target that cannot be met prints the closest reached, writes nothing, exit 1.
     """
-    from ..prune import PruneSettings, PruneTarget
-    from ..prune_job import PruneJobOptions, prune_artifact, safetensors_path_for
+    from ..jobs.prune import PruneJobOptions, prune_artifact, safetensors_path_for
+    from ..jobs.prune_search import PruneSettings, PruneTarget
 
     given = [(k, v) for k, v in (("ratio", ratio), ("macs", macs), ("latency", latency)) if v is not None]
     if len(given) != 1:

@@ -117,8 +117,8 @@ def quantize(
     (--no-mixed to skip it). When nothing meets it, the last line is FAILED, the exit code 1, and no file is
     written unless --keep-failed.
     """
-    from ..quantize import QuantizeOptions, quantize_artifact, table_path_for
-    from ..report import print_quantize
+    from ..harness.report import print_quantize
+    from ..jobs.quantize import QuantizeOptions, quantize_artifact, table_path_for
 
     data = renamed(data, old_calib, "--calib", default="photos")
     run_batch = renamed(run_batch, old_batch, "--batch")
@@ -158,8 +158,8 @@ def digits(
     method chosen on a slice of the training split) and reports fp32 vs int8 accuracy on the disjoint test
     split; RepVGG also after reparameterization, and with the sensitivity fallback.
     """
-    from ..accuracy import run_digits_accuracy
-    from ..report import write_json
+    from ..harness.report import write_json
+    from ..jobs.digits_accuracy import run_digits_accuracy
 
     guard([], [("--json", json_path)])
     with err.status("digits", spinner="dots") as status:

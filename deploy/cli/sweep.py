@@ -41,9 +41,9 @@ def sweep(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..report import write_json
-    from ..sweep import finished, load_sweep
-    from ..sweep_run import _import_ray, run_sweep
+    from ..harness.report import write_json
+    from ..sweep.matrix import finished, load_sweep
+    from ..sweep.run import _import_ray, run_sweep
 
     plan = load_sweep(sweep_file, output)
     guard([("SWEEP.toml", sweep_file)], [("--json", json_path)])

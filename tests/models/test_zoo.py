@@ -25,7 +25,7 @@ PARAM_COUNTS = {
 
 TINY = ["tiny-convnet", "tiny-mobilenet", "tiny-resnet"]
 
-# Our own small nets for scikit-learn's digits (deploy.digits trains them); train form, and digits-repvgg's
+# Our own small nets for scikit-learn's digits (deploy.jobs.digits trains them); train form, and digits-repvgg's
 # deploy form with each RepVGG block fused into one biased 3x3 conv.
 DIGITS_PARAM_COUNTS = {"digits-resnet": 77_754, "digits-repvgg": 83_946}
 DIGITS_REPVGG_DEPLOY_PARAMS = 74_762

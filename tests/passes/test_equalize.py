@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.calib import load_photos
 from deploy.calib.data import Preprocess
-from deploy.compare import PRESETS, diff_output
+from deploy.harness.compare import PRESETS, diff_output
 from deploy.passes.equalize import equalize
 from deploy.passes.qdq import get_target, insert_qdq, plan_qdq, with_outputs
 

@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from torch import nn
 
+from deploy.artifacts.numerics import make_realistic
 from deploy.calib import Preprocess, load_photos
 from deploy.models import create_model
-from deploy.numerics import make_realistic
 from deploy.passes.core import get_pass
 from deploy.passes.fp16 import DEFAULT_BLOCK_OPS, convert_fp16
 

@@ -128,7 +128,7 @@ def test_each_elementwise_node_is_a_fallback_unit_and_kept_in_float_it_still_bui
     """In the elementwise placement, mixed precision can put back one Add/Clip/Mul as the convs placement runs it:
     the units list those nodes, and keeping one in float (here the first Clip, so the Add before it needs its
     own range, which neither placement calibrates by itself) writes a file in which only that island is float."""
-    from deploy.quantize import _elementwise_units
+    from deploy.jobs.quantize import _elementwise_units
 
     model = _hardswish_net(1, shift=2.5)
     divisions_to_products(model)

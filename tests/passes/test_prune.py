@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from deploy.artifacts.numerics import make_realistic
+from deploy.jobs.prune_search import choose_round_to, macs_after, prepare
 from deploy.models import create_model, get_model_entry, list_models
-from deploy.numerics import make_realistic
 from deploy.passes.prune import (
     PruneRecord,
     RecordMismatchError,
@@ -26,9 +27,9 @@ from deploy.passes.prune import (
     count,
     plan_uniform,
     prune,
+    replay,
 )
 from deploy.passes.prune_graph import FxTraceError, analyse
-from deploy.prune import choose_round_to, macs_after, prepare, replay
 
 SMALL = (2, 3, 64, 64)
 

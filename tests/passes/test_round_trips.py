@@ -14,9 +14,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips, why_float
 from deploy.backends.ort_runner import cpu_session, run_function
+from deploy.harness.report import runs_as
 from deploy.passes.onnx_activations import expand_hard_activations
 from deploy.passes.qdq import divisions_to_products, insert_qdq, plan_qdq, with_outputs
-from deploy.report import runs_as
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fast_int8.py"
 
