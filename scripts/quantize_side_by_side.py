@@ -77,8 +77,8 @@ def nncf_quantize(fp32: Path, out: Path, calib: np.ndarray) -> float | str:
 
 def score(fp32: Path, candidate: Path, held: np.ndarray, batch: int) -> dict:
     from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips
-    from deploy.backends.ort_runner import cpu_session, run_function
     from deploy.harness.compare import PRESETS, diff_output
+    from deploy.ort import cpu_session, run_function
 
     def outputs(path: Path) -> np.ndarray:
         session = cpu_session(str(path))

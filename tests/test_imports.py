@@ -77,3 +77,99 @@ def test_gpu_packages_only_imported_lazily():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 for name in names:
                     assert name.split(".")[0] not in ("tensorrt", "pycuda", "cupy"), f"{path}: {name}"
+
+
+# ------------------------------------------------------------------------------------------- layers
+
+# deploy's layers, top first: a module may import its own layer's modules (no circle) and any layer below.
+# The pipeline drives the jobs, so it sits above them; the sweep runs verbs in child processes and reads
+# the pipeline's HTML style. deploy/__init__ is the public API (deploy.api), reached only from above.
+LAYERS = (
+    ("cli", ("deploy.cli",)),
+    ("api", ("deploy", "deploy.api")),
+    ("sweep", ("deploy.sweep",)),
+    ("pipeline", ("deploy.pipeline",)),
+    ("jobs", ("deploy.jobs",)),
+    ("harness", ("deploy.harness",)),
+    ("backends", ("deploy.backends",)),
+    ("artifacts", ("deploy.artifacts",)),
+    ("machine", ("deploy.errors", "deploy._version", "deploy.environment", "deploy.gpu", "deploy.ort")),
+    ("leaves", ("deploy.passes", "deploy.models", "deploy.calib")),
+)
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "deploy" and module.startswith(prefix + ".")):
+                if best is None or len(prefix) > best[1]:
+                    best = (rank, len(prefix))
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[0]
+
+
+def deploy_imports() -> dict[str, set[str]]:
+    """Every import of a deploy module by a module under deploy/, at module level or inside a function."""
+    paths = {module_name("deploy", p): p for p in (ROOT / "deploy").rglob("*.py")}
+    edges: dict[str, set[str]] = {m: set() for m in paths}
+    for module, path in paths.items():
+        package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                if target.split(".")[:2] in (["deploy", "passes"], ["deploy", "models"], ["deploy", "calib"]):
+                    edges[module].add(".".join(target.split(".")[:2]))
+                    continue
+                while target and target not in paths:
+                    target = target.rpartition(".")[0]
+                if target and target != module:
+                    edges[module].add(target)
+    return edges
+
+
+def test_imports_follow_the_layers():
+    """cli → API → sweep → pipeline → jobs → harness → backends → artifacts → machine → passes/models/calib."""
+    wrong = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {t} ({LAYERS[layer_of(t)][0]})"
+             for m, targets in deploy_imports().items() for t in sorted(targets) if layer_of(t) < layer_of(m)]
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+def test_no_import_circle():
+    edges = deploy_imports()
+    state: dict[str, int] = {}
+    trail: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        trail.append(module)
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == 1:
+                return trail[trail.index(target):] + [target]
+            if target not in state and (found := visit(target)):
+                return found
+        trail.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(edges):
+        if module not in state:
+            circle = visit(module)
+            assert circle is None, "import circle: " + " → ".join(circle)
+
+
+def test_few_modules_loose_at_the_top():
+    loose = sorted(p.name for p in (ROOT / "deploy").glob("*.py"))
+    assert len(loose) <= 12, loose
+    for package in (p for p in (ROOT / "deploy").iterdir() if (p / "__init__.py").exists()):
+        doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
+        assert len(doc) > 80 and "import" in doc, f"{package.name}/__init__.py: say what it holds and may import"

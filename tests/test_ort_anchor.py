@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from deploy.artifacts.spec import load_artifact, load_onnx_artifact
-from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.calib import load_photos
 from deploy.calib.data import Preprocess
 from deploy.harness.compare import Tolerance, diff_output
 from deploy.jobs.export import export_onnx
 from deploy.jobs.quantize import QuantizeOptions, quantize_artifact
+from deploy.ort import cpu_session, run_function
 
 
 def _ort_quantize_static(fp32, out, calib: np.ndarray) -> None:

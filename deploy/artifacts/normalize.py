@@ -155,7 +155,7 @@ def _inputs_for(model, batch: int = 2, shapes: dict | None = None) -> dict[str, 
 
 def verify_same(original, changed, where: str, shapes: dict | None = None) -> str:
     """Run both in ONNX Runtime on seeded inputs; raise when the outputs differ beyond fp32 rounding."""
-    from ..backends.ort_runner import cpu_session
+    from ..ort import cpu_session
 
     feeds = _inputs_for(original, shapes=shapes)
     if feeds is None:

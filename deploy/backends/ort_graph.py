@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from .ort_runner import optimized_graph
+from ..ort import optimized_graph
 
 __all__ = ["optimized_graph", "op_counts", "is_integer_kernel", "RoundTrips", "round_trips", "round_trips_text",
            "why_float"]

@@ -1,6 +1,7 @@
 """The `deploy` command line: a thin shell, one module per verb (or verb family) registering on one typer
-app (DESIGN.md §6). Each verb parses, guards its paths, delegates to the library and renders; the shared
-option types live in :mod:`deploy.cli.options`, so a shared option is the same object in every verb.
+app. Each verb parses, calls the public API (:mod:`deploy.api`, the same functions ``import deploy`` gives),
+renders the report and exits with its code; the shared option types live in :mod:`deploy.cli.options`, so a
+shared option is the same object in every verb. May import anything below it: it is the top layer.
 
 Exit codes: 0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing ·
 4 internal error.

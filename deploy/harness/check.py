@@ -23,7 +23,7 @@ from .compare import CompareReport, compare_outputs
 def _unoptimized_runs(artifact: Artifact, feeds: Feeds, threads: int | None) -> list[dict[str, np.ndarray]]:
     """The reference ONNX file run with every ONNX Runtime optimization off: how far the runtime alone moves
     its outputs (fused kernels, other summation orders) — the floor an exact pass is judged against."""
-    from ..backends.ort_runner import cpu_session
+    from ..ort import cpu_session
 
     session = cpu_session(artifact.onnx_path, threads, optimize=False)
     names = [o.name for o in session.get_outputs()]

@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.ort_runner import cpu_session, optimized_op_counts
 from ..errors import BadInputError
 from ..harness.compare import OutputDiff, Tolerance, diff_output, tolerance_for
+from ..ort import cpu_session, optimized_op_counts
 from ..passes.qdq import with_outputs
 
 REF_SUFFIX = "__deploy_ref"

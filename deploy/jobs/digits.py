@@ -34,6 +34,7 @@ from torch import nn
 
 from ..artifacts.files import atomic_path, default_cache_dir
 from ..models import create_model, get_model_entry
+from ..ort import cpu_session
 
 # Bump when the training code changes what it produces (data, augmentation, loop): old checkpoints then miss.
 CODE_VERSION = 1
@@ -140,11 +141,9 @@ def torch_logits(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def onnx_logits(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_logits(path: str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An ONNX file on ONNX Runtime's CPU provider as an :func:`evaluate` callable (first input, first output)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path, threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 

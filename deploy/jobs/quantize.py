@@ -26,7 +26,6 @@ import onnx
 from ..artifacts.artifact import Artifact
 from ..artifacts.onnx_export import finalize, onnx_output_path, save_onnx
 from ..backends.ort_graph import op_counts, round_trips
-from ..backends.ort_runner import cpu_session, optimized_graph, run_function, session_timer
 from ..calib.data import DataSourceError, load_samples
 from ..calib.observers import METHODS, collect_histograms, compute_ranges
 from ..calib.table import RangesTable, fingerprint_arrays, write_trt_cache
@@ -34,6 +33,7 @@ from ..errors import BadInputError
 from ..harness.bench import BenchConfig, Warmup, interleave, warm_up
 from ..harness.compare import diff_output
 from ..harness.stats import paired_ratio, ratio_verdict
+from ..ort import cpu_session, optimized_graph, run_function, session_timer
 from ..passes.bias_correction import fold_corrections, measure_corrections
 from ..passes.equalize import Equalization, equalize
 from ..passes.onnx_activations import expand_hard_activations, onnx_fuse_hardswish

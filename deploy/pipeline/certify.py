@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..backends.ort_runner import cpu_session, run_function
 from ..errors import BadInputError
 from ..harness.compare import Tolerance, diff_output
 from ..jobs.quantize import wilson_interval
+from ..ort import cpu_session, run_function
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points, when the user gives no budget
 

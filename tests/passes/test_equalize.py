@@ -6,10 +6,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.calib import load_photos
 from deploy.calib.data import Preprocess
 from deploy.harness.compare import PRESETS, diff_output
+from deploy.ort import cpu_session, run_function
 from deploy.passes.equalize import equalize
 from deploy.passes.qdq import get_target, insert_qdq, plan_qdq, with_outputs
 

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.calib import load_photos
 from deploy.calib.data import Preprocess
+from deploy.ort import cpu_session, run_function
 from deploy.passes.onnx_activations import onnx_fuse_hardswish
 
 f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731

@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy.backends.ort_runner import cpu_session, optimized_op_counts, run_function
 from deploy.calib import load_photos
 from deploy.calib.data import Preprocess
+from deploy.ort import cpu_session, optimized_op_counts, run_function
 from deploy.passes.qdq import (
     QuantizeError,
     activation_params,

@@ -13,8 +13,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from deploy.backends.ort_graph import op_counts, optimized_graph, round_trips, why_float
-from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.harness.report import runs_as
+from deploy.ort import cpu_session, run_function
 from deploy.passes.onnx_activations import expand_hard_activations
 from deploy.passes.qdq import divisions_to_products, insert_qdq, plan_qdq, with_outputs
 

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from deploy.backends.ort_runner import cpu_session, run_function
 from deploy.calib import load_photos
 from deploy.calib.data import Preprocess
+from deploy.ort import cpu_session, run_function
 from deploy.passes.bias_correction import fold_corrections, measure_corrections
 from deploy.passes.gptq import gptq_weights, input_tensors
 from deploy.passes.qdq import get_target, insert_qdq, plan_qdq, quantize_weight, with_outputs
