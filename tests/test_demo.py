@@ -148,12 +148,12 @@ def test_a_file_deploy_wrote_keeps_its_stored_preprocessing(cli, demo_run, tmp_p
 
 
 def test_a_crashed_candidate_is_exit_4_with_model_and_candidate_named(cli, tmp_path, monkeypatch):
-    import deploy.pipeline.run
+    import deploy.pipelines.run
 
     def planted(*_args, **_kwargs):  # a deliberate bug in one candidate's builder
         raise KeyError("planted")
 
-    monkeypatch.setattr(deploy.pipeline.run, "build_quantized", planted)
+    monkeypatch.setattr(deploy.pipelines.run, "build_quantized", planted)
     out = tmp_path / "r"
     result = cli("demo", "--models", "tiny-resnet", "--out", out, *FAST)
     assert result.exit_code == 4, result.output
@@ -164,12 +164,12 @@ def test_a_crashed_candidate_is_exit_4_with_model_and_candidate_named(cli, tmp_p
 
 
 def test_a_bug_is_exit_4_with_the_model_named(cli, tmp_path, monkeypatch):
-    import deploy.pipeline.run
+    import deploy.pipelines.run
 
     def planted(*_args, **_kwargs):  # a deliberate bug inside the pipeline
         raise ZeroDivisionError("planted")
 
-    monkeypatch.setattr(deploy.pipeline.run, "choose", planted)
+    monkeypatch.setattr(deploy.pipelines.run, "choose", planted)
     out = tmp_path / "r"
     result = cli("demo", "--models", "tiny-resnet", "--out", out, *FAST)
     assert result.exit_code == 4, result.output

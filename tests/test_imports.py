@@ -87,13 +87,13 @@ def test_gpu_packages_only_imported_lazily():
 LAYERS = (
     ("cli", ("deploy.cli",)),
     ("api", ("deploy", "deploy.api")),
-    ("sweep", ("deploy.sweep",)),
-    ("pipeline", ("deploy.pipeline",)),
+    ("sweep", ("deploy.sweeps",)),
+    ("pipeline", ("deploy.pipelines",)),
     ("jobs", ("deploy.jobs",)),
     ("harness", ("deploy.harness",)),
     ("backends", ("deploy.backends",)),
     ("artifacts", ("deploy.artifacts",)),
-    ("machine", ("deploy.errors", "deploy._version", "deploy.environment", "deploy.gpu", "deploy.ort")),
+    ("machine", ("deploy.errors", "deploy._version", "deploy.environment", "deploy.gpu", "deploy.ort", "deploy.reporting")),
     ("leaves", ("deploy.passes", "deploy.models", "deploy.calib")),
 )
 

@@ -150,7 +150,7 @@ def test_verify_fails_an_unreachable_latency(cli, tiny_run, tmp_path):
 
 def test_verify_refuses_what_is_not_a_manifest(cli, tmp_path):
     bad = tmp_path / "manifest.json"
-    bad.write_text(json.dumps({"format": "deploy.pipeline.manifest/1", "candidates": []}))
+    bad.write_text(json.dumps({"format": "deploy.pipelines.manifest/1", "candidates": []}))
     result = cli("verify", bad)
     assert result.exit_code == 2 and "not a deploy manifest" in result.stderr
     assert cli("verify", tmp_path / "nothing.json").exit_code == 2
@@ -199,7 +199,7 @@ def test_pipeline_on_an_onnx_file_with_labelled_digits(cli, trained, tmp_path):
 
 
 def test_an_earlier_pipeline_folder_is_replaced_whole(tmp_path):
-    from deploy.pipeline.run import _check_folder, _move_into_place
+    from deploy.pipelines.run import _check_folder, _move_into_place
 
     old = tmp_path / "out"
     old.mkdir()

@@ -212,6 +212,20 @@ def load_artifact(
                     example_shapes=examples, origin=origin)
 
 
+def module_artifact(module: nn.Module, shape: tuple[int, ...] | Shapes, label: str | None = None) -> Artifact:
+    """A torch module the caller built in memory (the Python API): its input specs from ``shape`` and
+    forward()'s signature, as for a user factory. It carries no origin, so nothing can load it again in a
+    fresh process (bench measures its memory inline and says so)."""
+    if not isinstance(module, nn.Module):
+        raise BadInputError(f"{type(module).__name__} is not a torch.nn.Module")
+    shapes: Shapes = {None: tuple(shape)} if isinstance(shape, tuple) else dict(shape)
+    label = label or type(module).__name__
+    specs, examples = _torch_inputs(module, shapes, label)
+    num_classes = None
+    return Artifact(label, "torch", specs, module=module.eval(), num_classes=num_classes,
+                    notes=[f"{label}: a module in memory"], example_shapes=examples)
+
+
 def _forward_inputs(module: nn.Module) -> tuple[list[str], int]:
     """Names of forward()'s positional parameters, and how many of them have no default."""
     try:

@@ -37,6 +37,7 @@ from ..artifacts.artifact import TensorSpec
 from ..artifacts.engine_record import EngineRecord, ShapeRange, spec_dict, write_sidecar
 from ..artifacts.files import sha256_file
 from ..errors import BadInputError, DeployError
+from ..reporting import Report
 
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 CACHE_RECORD_FORMAT = "deploy-timing-cache"
@@ -408,13 +409,18 @@ def timing_cache_record(cache_bytes: bytes, tensorrt_version: str, here: dict) -
 
 # ----------------------------------------------------------------------------------------------- build
 
-@dataclass
-class BuildResult:
+@dataclass(repr=False)
+class BuildResult(Report):
     engine: str
     sidecar: str
     plan: BuildPlan
     record: EngineRecord
     warnings: list[str]
+
+    def summary(self) -> str:
+        """The last line `deploy build` prints."""
+        return (f"BUILT {self.engine}: {self.plan.precision}, TensorRT {self.record.tensorrt}, "
+                f"{self.record.build_seconds:.1f} s")
 
     def to_dict(self) -> dict:
         return {"engine": self.engine, "sidecar": self.sidecar, "plan": self.plan.to_dict(),

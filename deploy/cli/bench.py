@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import BadInputError
-from .app import err, finish, guard, load, out, resolve_threads, spec_inputs, verb
+from .. import api
+from .app import err, finish, guard, out, resolve_threads, verb
 from .options import Json, Shape, Threads, Weights, WeightsB, examples
 
 
@@ -62,30 +62,18 @@ def bench(
     --weights-b into the second.
     """
     from ..artifacts.files import write_text_atomic
-    from ..backends import parse_backend_list
-    from ..harness.bench import BenchConfig, Warmup, format_ratio, parse_batches, run_bench, speedup_text
+    from ..harness.bench import format_ratio, speedup_text
 
-    if min_runs < 1 or min_time < 0 or max_time <= 0 or gap_ms < 0:
-        raise BadInputError("--min-runs must be ≥ 1, --min-time ≥ 0, --max-time > 0 and --gap-ms ≥ 0")
-    if max_ratio is not None and max_ratio <= 0:
-        raise BadInputError(f"--max-ratio {max_ratio}: must be > 0 (a ratio of latencies, e.g. 1.05)")
-    if weights_b is not None and len(artifacts) < 2:
-        raise BadInputError("--weights-b loads into the second artifact; only one was given")
-    inputs = [pair for i, spec in enumerate(artifacts) for pair in spec_inputs(f"ARTIFACT {i + 1}", spec)]
-    inputs += [("--weights", weights), ("--weights-b", weights_b)]
     outputs = [("--json", json_path), ("--csv", csv_path), ("--md", md_path), ("--plot", plot)]
-    guard(inputs, outputs)
-    backends = parse_backend_list(backend)
+    guard([], outputs)
     threads = resolve_threads(threads)
-    config = BenchConfig(batches=parse_batches(batch), threads=threads, warmup=Warmup.parse(warmup),
-                         min_runs=min_runs, min_time=min_time, max_time=max_time, include_copies=include_copies,
-                         cuda_graphs=cuda_graphs, per_artifact=per_artifact, ort_spinning=ort_spinning,
-                         gap=gap_ms / 1e3, memory=memory)
-    checkpoints = {0: weights, 1: weights_b}
-    specs = [(spec, load(spec, checkpoints.get(i), shape, engines=True)) for i, spec in enumerate(artifacts)]
     with err.status("benchmarking", spinner="dots") as status:
-        report = run_bench(specs, backends, config, tick=lambda msg: status.update(msg))
-    report.max_ratio = max_ratio
+        report = api.bench(*artifacts, weights=weights, weights_b=weights_b, shape=shape, backend=backend, batch=batch,
+                           threads=threads, warmup=warmup, min_runs=min_runs, min_time=min_time, max_time=max_time,
+                           include_copies=include_copies, cuda_graphs=cuda_graphs, per_artifact=per_artifact,
+                           ort_spinning=ort_spinning, gap_ms=gap_ms, memory=memory, max_ratio=max_ratio,
+                           progress=status.update)
+    inputs = api.current().inputs
     env = report.environment
     table = Table(title=f"deploy bench — {env['cpu']['model']} "
                         f"({', '.join(env['cpu']['flags']) or 'no AVX-512/VNNI/AMX'}), {env['threads']} threads")

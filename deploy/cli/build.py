@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import BadInputError
+from .. import api as deploy_api
 from .app import err, guard, out, verb, write_report
 from .options import Json, examples
 
@@ -86,33 +86,19 @@ def build(
     refuse an engine from another TensorRT or GPU with one line, instead of TensorRT's deserialization error.
     Exits 3 when TensorRT, pycuda/torch-CUDA or a GPU is missing (`deploy backends` says which).
     """
-    from ..backends.trt_build import BuildOptions, build_engine, parse_profile, plan_build
-    from ..gpu import device_facts, import_tensorrt, require_tensorrt, tensorrt_major
-
-    trt = None
-    if not dry_run:
-        if api is not None:
-            raise BadInputError("--api applies to --dry-run; a real build uses the installed TensorRT")
-        trt = require_tensorrt()  # exit 3 before any work, naming what is missing
     output = output or model.with_suffix(".engine")
-    options = BuildOptions(precision=precision, ranges=ranges, batch=(min_batch, opt_batch or max_batch, max_batch),
-                           profile=parse_profile(profile), timing_cache=timing_cache, workspace_mib=workspace,
-                           opt_level=opt_level, tf32=tf32)
     inputs = [("MODEL", model), ("--ranges", ranges)]
-    # the timing cache is read and rewritten: it may be neither the model nor the ranges table
-    guard(inputs, [("--json", json_path), ("--timing-cache", timing_cache)] if dry_run else
-          [("-o", output), ("--json", json_path), ("--timing-cache", timing_cache)])
+    guard([], [("--json", json_path)])
+    options = dict(precision=precision, ranges=ranges, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                   profile=profile, timing_cache=timing_cache, workspace=workspace, opt_level=opt_level, tf32=tf32)
     if dry_run:
-        installed = import_tensorrt()
-        major = api or (tensorrt_major(installed) if installed is not None else 11)
-        plan = plan_build(model, options, major, device_facts(),
-                          installed.__version__ if installed is not None else None)
-        _print_plan(plan, f"{model}: the build for TensorRT {major} (dry run: nothing built)")
+        plan = deploy_api.build(model, output, dry_run=True, api=api, **options)
+        _print_plan(plan, f"{model}: the build for TensorRT {plan.api} (dry run: nothing built)")
         write_report(json_path, {"dry_run": True, "plan": plan.to_dict()}, inputs=inputs)
-        typer.echo(f"PLANNED {model} for TensorRT {major}: {plan.precision}, {_typing(plan)}")
+        typer.echo(f"PLANNED {model} for TensorRT {plan.api}: {plan.precision}, {_typing(plan)}")
         return
-    with err.status(f"building {output} with TensorRT {trt.__version__} (timing kernels)", spinner="dots") as status:
-        result = build_engine(model, output, options, log=lambda msg: status.update(msg))
+    with err.status(f"building {output} with TensorRT (timing kernels)", spinner="dots") as status:
+        result = deploy_api.build(model, output, api=api, progress=status.update, **options)
     _print_plan(result.plan, f"{output}: built from {model}")
     for warning in result.warnings:
         err.print(f"warning: {warning}", markup=False)
@@ -120,4 +106,4 @@ def build(
     out.print(f"{'record':>18}: {result.sidecar} (TensorRT {record.tensorrt}, {record.gpu}, compute capability "
               f"{record.compute_capability}, build {record.build_seconds:.1f} s)", markup=False)
     write_report(json_path, result.to_dict(), inputs=inputs, outputs=[("-o", output)])
-    typer.echo(f"BUILT {output}: {result.plan.precision}, TensorRT {record.tensorrt}, {record.build_seconds:.1f} s")
+    typer.echo(result.summary())

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .app import data_arg, data_file, err, finish, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb
+from .. import api
+from .app import err, finish, guard, out, resolve_threads, verb
 from .options import (
     Bgr,
     Data,
@@ -86,51 +87,45 @@ def check(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..backends import get_runner_class
-    from ..harness.check import check_artifacts
     from ..harness.report import print_compare
 
     weights = renamed(weights, old_weights_a, "--weights-a")
     samples = renamed(samples, old_inputs, "--inputs", default=8)
     run_batch = renamed(run_batch, old_batch, "--batch")
-    inputs = [*spec_inputs("REFERENCE", reference), *spec_inputs("CANDIDATE", candidate), ("--weights", weights),
-              ("--weights-b", weights_b), ("--data", data_file(data))]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
-    guard(inputs, [("--json", json_path)])
-    for name in (backend_a, backend_b):
-        if name:
-            get_runner_class(name)
+    guard([], [("--json", json_path)])
     threads = resolve_threads(threads)
-    a = load(reference, weights, shape, engines=True)
-    b = load(candidate, weights_b, shape, engines=True)
     with Progress(TextColumn("running"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
         task = bar.add_task("run", total=None)
-        report = check_artifacts(a, b, backend_reference=backend_a, backend_candidate=backend_b, samples=samples,
-                                 batch=run_batch, data=data_arg(data, a), seed=seed, precision=precision,
-                                 overrides=tol or [], threads=threads, tick=lambda: bar.advance(task))
+        report = api.check(
+            reference, candidate, weights=weights, weights_b=weights_b, shape=shape, backend_a=backend_a,
+            backend_b=backend_b, precision=precision, tol=tol, data=data, samples=samples, run_batch=run_batch,
+            seed=seed, threads=threads, tick=lambda: bar.advance(task), preprocess=preprocess, mean=mean, std=std,
+            scale=scale, bgr=bgr, resize=resize, layout=layout, pad=pad, anchor=anchor, interp=interp)
+    inputs = api.current().inputs
     print_compare(report, out)
     extra = None
     if localize and not report.passed:
-        extra = {"localize": _localize(a, b, backend_a, backend_b, samples, run_batch, data_arg(data, a), seed,
-                                       precision, threads)}
+        extra = {"localize": _localize(reference, candidate, weights, shape, backend_a, backend_b, samples,
+                                       run_batch, data, seed, precision, threads)}
     finish(report, json_path, inputs=inputs, threads=threads, extra=extra)
 
 
-def _localize(a, b, backend_a, backend_b, samples, run_batch, data, seed, precision, threads) -> dict | None:
+def _localize(reference, candidate, weights, shape, backend_a, backend_b, samples, run_batch, data, seed, precision,
+              threads) -> dict | None:
+    from ..artifacts.spec import is_onnx_spec
     from ..errors import DeployError
-    from ..jobs.debug import debug_artifacts
     from .debug import print_debug
 
-    if b.kind != "onnx":
+    if not is_onnx_spec(candidate):
         err.print("note: --localize reads an ONNX candidate's tensors; this candidate is not an ONNX file",
                   markup=False)
         return None
     try:
         with err.status("localizing the divergence", spinner="dots") as status:
-            report, _ = debug_artifacts(a, b, backend_reference=backend_a if a.kind == "onnx" else None,
-                                        backend_candidate=backend_b or "ort-cpu", samples=samples, batch=run_batch,
-                                        data=data, seed=seed, precision=precision, threads=threads,
-                                        progress=lambda m: status.update(m))
+            report = api.debug(reference, candidate, weights=weights, shape=shape,
+                               backend_a=backend_a if is_onnx_spec(reference) else None, backend_b=backend_b,
+                               precision=precision, data=data, samples=samples, run_batch=run_batch, seed=seed,
+                               threads=threads, progress=status.update)
     except DeployError as error:  # nothing aligns, a backend debug cannot read: the check's verdict stands
         err.print(f"note: --localize: {error}", markup=False)
         return None

@@ -8,17 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import api
 from ..errors import BadInputError
 from .app import (
-    data_arg,
-    data_file,
     err,
     guard,
-    load,
     out,
-    preprocessing,
     resolve_threads,
-    spec_inputs,
     verb,
     write_report,
 )
@@ -97,15 +93,16 @@ def print_debug(report, top: int) -> None:
         out.print(f"note: {note}", markup=False)
 
 
-def run_debug(a, b, *, backend_a, backend_b, samples, run_batch, data, seed, precision, threads, top, extract,
-              plot, json_path, inputs, impact) -> None:
+def run_debug(reference, candidate, *, backend_a, backend_b, samples, run_batch, data, seed, precision, threads,
+              top, extract, plot, json_path, impact, weights, shape, **preprocess) -> None:
     from ..harness.plot import plot_debug
-    from ..jobs.debug import debug_artifacts, extract_reproducer
+    from ..jobs.debug import extract_reproducer
 
     with err.status("debugging", spinner="dots") as status:
-        report, state = debug_artifacts(a, b, backend_reference=backend_a, backend_candidate=backend_b or "ort-cpu",
-                                        samples=samples, batch=run_batch, data=data, seed=seed, precision=precision,
-                                        threads=threads, impact=impact, progress=lambda m: status.update(m))
+        report = api.debug(reference, candidate, weights=weights, shape=shape, backend_a=backend_a, backend_b=backend_b,
+                           samples=samples, run_batch=run_batch, data=data, seed=seed, precision=precision,
+                           threads=threads, impact=impact, progress=status.update, **preprocess)
+    state = report.state
     print_debug(report, top)
     outputs = []
     result = report.to_dict()
@@ -121,7 +118,7 @@ def run_debug(a, b, *, backend_a, backend_b, samples, run_batch, data, seed, pre
     if plot:
         plot_debug(report, plot)
         outputs.append(("--plot", plot))
-    write_report(json_path, result, inputs=inputs, outputs=outputs, threads=threads)
+    write_report(json_path, result, inputs=api.current().inputs, outputs=outputs, threads=threads)
     typer.echo(report.summary())
     if not report.passed:
         raise typer.Exit(1)
@@ -174,17 +171,13 @@ def debug(
     error. Exit 0 when no aligned tensor breaks the precision's tolerance, 1 naming the first that does,
     2 when nothing aligns.
     """
-    inputs = [*spec_inputs("REFERENCE", reference), *spec_inputs("CANDIDATE", candidate), ("--weights", weights),
-              ("--data", data_file(data))]
     if extract is not None and not extract.parent.is_dir():
         raise BadInputError(f"--extract {extract}: folder {extract.parent} does not exist")
     if extract is not None and extract.exists() and not extract.is_dir():
         raise BadInputError(f"--extract {extract}: a file; give a folder")
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
-    guard(inputs, [("--json", json_path), ("--plot", plot)])
+    guard([], [("--json", json_path), ("--plot", plot)])
     threads = resolve_threads(threads)
-    a = load(reference, weights, shape)
-    b = load(candidate, None, shape)
-    run_debug(a, b, backend_a=backend_a, backend_b=backend_b, samples=samples, run_batch=run_batch,
-              data=data_arg(data, a), seed=seed, precision=precision, threads=threads, top=top, extract=extract,
-              plot=plot, json_path=json_path, inputs=inputs, impact=impact)
+    run_debug(reference, candidate, backend_a=backend_a, backend_b=backend_b, samples=samples, run_batch=run_batch,
+              data=data, seed=seed, precision=precision, threads=threads, top=top, extract=extract, plot=plot,
+              json_path=json_path, impact=impact, weights=weights, shape=shape, preprocess=preprocess, mean=mean,
+              std=std, scale=scale, bgr=bgr, resize=resize, layout=layout, pad=pad, anchor=anchor, interp=interp)

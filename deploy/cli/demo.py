@@ -56,8 +56,8 @@ def demo(
 
     from ..artifacts.spec import parse_shapes
     from ..errors import BadInputError
-    from ..pipeline.demo import check_names, run_demo
-    from ..pipeline.run import PipelineOptions, _validate, check_backends
+    from ..pipelines.demo import check_names, run_demo
+    from ..pipelines.run import PipelineOptions, check_backends, validate
 
     names = tuple(dict.fromkeys(n.strip() for n in models.split(",") if n.strip()))
     check_names(names)
@@ -72,7 +72,7 @@ def demo(
                            max_drop=None if min_sqnr is not None else max_drop, min_sqnr=min_sqnr,
                            samples=samples, eval_samples=eval_samples, min_time=min_time, threads=threads,
                            command=["deploy", *sys.argv[1:]])
-    _validate(base)
+    validate(base)
     check_backends(base.backends)
     if dry_run:
         _dry_run(names, base, parse_shapes(shape))
@@ -100,7 +100,7 @@ def _dry_run(names: tuple[str, ...], base, shape) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..pipeline.demo import DemoRow, check_plan
+    from ..pipelines.demo import DemoRow, check_plan
 
     with err.status("preparing the demo models", spinner="dots") as status:
         plan = check_plan(names, base, say=lambda msg: status.update(msg), shape=shape)
@@ -132,7 +132,7 @@ def _print(report) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..pipeline.demo_index import candidate_rows, ship_rows
+    from ..pipelines.demo_index import candidate_rows, ship_rows
 
     for r in report.rows:
         if r.report is None:

@@ -7,18 +7,14 @@ from typing import Annotated
 
 import typer
 
+from .. import api
 from ..errors import CheckFailedError
 from .app import (
-    data_arg,
-    data_file,
     err,
     guard,
-    load,
     out,
-    preprocessing,
     resolve_threads,
     show_failed_check,
-    spec_inputs,
     verb,
     write_report,
 )
@@ -85,26 +81,22 @@ def export(
     file, when ONNX Runtime and PyTorch disagree beyond fp32 tolerance (max relative error 1e-5, judged
     against a float64 evaluation of the model).
     """
-    from ..artifacts.onnx_export import parse_dynamic
     from ..harness.report import fmt_bytes, ops_table
-    from ..jobs.export import export_onnx
 
     samples = renamed(samples, old_inputs, "--inputs", default=4)
-    axes = parse_dynamic(dynamic, static)
-    inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data))]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
-    guard(inputs, [("-o", output), ("--json", json_path)])
+    guard([], [("--json", json_path)])
     threads = resolve_threads(threads)
-    artifact = load(model, weights, shape)
     with err.status("exporting", spinner="dots") as status:
         try:
-            report = export_onnx(artifact, output, opset=opset, dynamic=axes, simplify=simplify,
-                                 exporter=exporter, verify=verify, verify_samples=samples,
-                                 verify_data=data_arg(data, artifact), threads=threads,
-                                 progress=lambda msg: status.update(msg))
+            report = api.export(model, output, weights=weights, shape=shape, dynamic=dynamic, static=static,
+                                opset=opset, simplify=simplify, exporter=exporter, verify=verify, data=data,
+                                samples=samples, threads=threads, progress=status.update,
+                                preprocess=preprocess, mean=mean, std=std, scale=scale, bgr=bgr, resize=resize,
+                                layout=layout, pad=pad, anchor=anchor, interp=interp)
         except CheckFailedError as error:
-            show_failed_check(error, json_path, inputs=inputs, threads=threads)
+            show_failed_check(error, json_path, inputs=api.current().inputs, threads=threads)
             raise
+    inputs = api.current().inputs
     out.print(ops_table(f"{output} — nodes by op type", {"nodes": report.nodes_by_op}))
     free = ", ".join(f"{name} dims {sorted(d)}" for name, d in report.dynamic_axes.items()) or "none"
     rows = [
@@ -124,7 +116,4 @@ def export(
     for note in report.notes:
         out.print(f"note: {note}", markup=False)
     write_report(json_path, report.to_dict(), inputs=inputs, outputs=[("-o", output)], threads=threads)
-    if report.exporter == "version_converter":
-        typer.echo(f"CONVERTED {output}: opset {report.opset}, {report.notes[-1]}")
-    else:
-        typer.echo(report.check.summary() if report.check else f"EXPORTED {output} (not verified)")
+    typer.echo(report.summary())

@@ -8,17 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import BadInputError, CheckFailedError
+from .. import api
+from ..errors import CheckFailedError
 from .app import (
-    data_arg,
-    data_file,
     err,
     guard,
-    load,
     out,
     resolve_threads,
     show_failed_check,
-    spec_inputs,
     verb,
     write_report,
 )
@@ -58,28 +55,20 @@ def fuse(
     what it cannot merge it reports with the reason. The last line is PASSED or FAILED; exits 1, writing
     nothing, when the result is not equivalent to the original within max relative error 1e-5.
     """
-    from ..artifacts.onnx_export import parse_dynamic
     from ..harness.report import ops_table, print_compare
-    from ..jobs.fuse import fuse_artifact, parse_passes
 
     samples = renamed(samples, old_inputs, "--inputs", default=8)
-    axes = parse_dynamic(dynamic)
-    inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data))]
-    guard(inputs, [("-o", output), ("--json", json_path)])
+    guard([], [("--json", json_path)])
     threads = resolve_threads(threads)
-    artifact = load(model, weights, shape)
-    if dynamic is not None and artifact.kind == "onnx":
-        raise BadInputError(f"{model}: --dynamic applies when fuse exports a model spec; an ONNX file keeps the "
-                            f"free axes it has (re-export it with deploy export --dynamic)")
-    names = parse_passes(passes, artifact.kind)
     with err.status("fusing", spinner="dots") as status:
         try:
-            report = fuse_artifact(artifact, output, passes=names, verify=verify, samples=samples,
-                                   data=data_arg(data, artifact), dynamic=axes, threads=threads,
-                                   overrides=tol or [], progress=lambda msg: status.update(msg))
+            report = api.fuse(model, output, weights=weights, shape=shape, passes=passes, dynamic=dynamic,
+                              verify=verify, data=data, samples=samples, tol=tol, threads=threads,
+                              progress=status.update)
         except CheckFailedError as error:
-            show_failed_check(error, json_path, inputs=inputs, threads=threads)
+            show_failed_check(error, json_path, inputs=api.current().inputs, threads=threads)
             raise
+    inputs = api.current().inputs
     ops = lambda counts: {k: v for k, v in counts.items() if k not in ("nodes", "params")}  # noqa: E731
     out.print(ops_table(f"{model} → {output}: nodes by op type", {"before": ops(report.before),
                                                                     "after": ops(report.after)}))
@@ -103,4 +92,4 @@ def fuse(
     if report.check:
         print_compare(report.check, out)
     write_report(json_path, report.to_dict(), inputs=inputs, outputs=[("-o", output)], threads=threads)
-    typer.echo(report.check.summary() if report.check else f"FUSED {output} (not verified)")
+    typer.echo(report.summary())

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from .app import data_file, err, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb, write_report
+from .. import api
+from .app import err, guard, out, resolve_threads, spec_inputs, verb, write_report
 from .options import (
     DATA,
     Bgr,
@@ -30,17 +31,6 @@ from .options import (
     Weights,
 )
 from .options import examples as _examples
-
-
-def _fractions(text: str) -> tuple[float, ...]:
-    from ..errors import BadInputError
-
-    if text.strip().lower() in ("none", "off", ""):
-        return ()
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise BadInputError(f"--prune-latency {text}: give fractions like 0.7,0.5, or none") from None
 
 
 @verb(epilog=_examples(
@@ -99,24 +89,9 @@ def pipeline(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..harness.report import fmt_db
-    from ..pipeline.run import PipelineOptions, run_pipeline
 
+    guard([], [("--json", json_path)])
     threads = resolve_threads(threads)
-    backends = tuple(b.strip() for b in backend.split(",") if b.strip())
-    options = PipelineOptions(backends=backends, max_drop=max_drop, min_sqnr=min_sqnr, data=data,
-                              eval_data=eval_data, samples=samples, eval_samples=eval_samples,
-                              prune_latency=_fractions(prune_latency), distil=distil, batch=timing_batch,
-                              min_time=min_time, threads=threads, command=["deploy", *sys.argv[1:]])
-    from ..pipeline.run import _check_folder, _validate, check_backends
-
-    _validate(options)
-    check_backends(options.backends)
-    _check_folder(output)
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
-    guard(spec_inputs("model", model) + [("weights", weights), ("data", data_file(data)),
-                                         ("eval", data_file(eval_data))],
-          [("-o", output / "manifest.json" if output.is_dir() else output), ("--json", json_path)])
-    artifact = load(model, weights, shape)
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("pipeline", total=1)
@@ -124,8 +99,12 @@ def pipeline(
         def progress(done: int, total: int, text: str) -> None:
             bar.update(task, completed=done, total=total, description=text[:110])
 
-        report = run_pipeline(artifact, output, options, progress=progress,
-                              say=lambda msg: err.print(f"note: {msg}", markup=False))
+        report = api.pipeline(
+            model, output, weights=weights, shape=shape, backend=backend, max_drop=max_drop, min_sqnr=min_sqnr,
+            data=data, eval_data=eval_data, samples=samples, eval_samples=eval_samples, prune_latency=prune_latency,
+            distil=distil, timing_batch=timing_batch, min_time=min_time, threads=threads,
+            command=["deploy", *sys.argv[1:]], progress=progress, preprocess=preprocess, mean=mean, std=std,
+            scale=scale, bgr=bgr, resize=resize, layout=layout, pad=pad, anchor=anchor, interp=interp)
     _print_table(report, fmt_db)
     write_report(json_path, report.to_dict(), inputs=spec_inputs("model", model) + [("weights", weights)],
                  outputs=[("manifest", output / "manifest.json"), ("report", output / "report.html")],
@@ -138,7 +117,7 @@ def pipeline(
 def _print_table(report, fmt_db) -> None:
     from rich.table import Table
 
-    from ..pipeline.pareto import speed_text
+    from ..pipelines.pareto import speed_text
 
     labels = report.held_out.labels is not None
     for backend, choice in report.choices.items():
@@ -190,13 +169,13 @@ def verify(
     """
     from rich.table import Table
 
-    from ..pipeline.verify import VerifyOptions, verify_manifest, write_junit
+    from ..pipelines.verify import write_junit
 
     threads = resolve_threads(threads) if threads is not None else None  # None: the manifest's (capped here)
-    guard([("manifest", manifest), ("data", data_file(data))], [("--junit", junit), ("--json", json_path)])
+    guard([], [("--junit", junit), ("--json", json_path)])
     with err.status("verify", spinner="dots") as status:
-        report = verify_manifest(manifest, VerifyOptions(max_slowdown, data, latency, all_latency, min_time, threads),
-                                 say=lambda msg: status.update(msg))
+        report = api.verify(manifest, max_slowdown=max_slowdown, latency=latency, all_latency=all_latency, data=data,
+                            min_time=min_time, threads=threads, progress=status.update)
     table = Table(title=f"deploy verify {manifest}")
     for col in ("check", "artifact", "result", "detail"):
         table.add_column(col)

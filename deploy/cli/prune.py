@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import BadInputError
-from .app import data_arg, data_file, err, finish, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb
+from .. import api
+from .app import err, finish, guard, out, resolve_threads, verb
 from .options import (
     Bgr,
     Data,
@@ -29,14 +29,6 @@ from .options import (
     Weights,
     examples,
 )
-
-
-def _round_to(text: str) -> int | None:
-    if text == "auto":
-        return None
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise BadInputError(f"--round-to {text}: give a positive integer (8, 16) or auto (measured on the backend)")
 
 
 @verb(epilog=examples(
@@ -99,52 +91,20 @@ def prune(
     model in ONNX Runtime) and OUT.safetensors (weights + pruning record: `MODEL -w OUT.safetensors`
     rebuilds it, no pickle). A target that cannot be met prints the closest reached, writes nothing, exit 1.
     """
-    from ..jobs.prune import PruneJobOptions, prune_artifact, safetensors_path_for
-    from ..jobs.prune_search import PruneSettings, PruneTarget
+    from ..jobs.prune import safetensors_path_for
 
-    given = [(k, v) for k, v in (("ratio", ratio), ("macs", macs), ("latency", latency)) if v is not None]
-    if len(given) != 1:
-        raise BadInputError("give exactly one target: --ratio R, --macs F or --latency F"
-                            + (f" (got {', '.join('--' + k for k, _ in given)})" if given else ""))
-    target = PruneTarget(*given[0])
-    if batch < 1:
-        raise BadInputError(f"--batch {batch}: must be at least 1")
-    if samples < 2:
-        raise BadInputError(f"--samples {samples}: BN statistics need at least 2 samples")
-    if epochs is not None and epochs < 1:
-        raise BadInputError(f"--epochs {epochs}: must be at least 1")
-    if epochs is not None and not finetune:
-        raise BadInputError("--epochs applies to --finetune DATA; give the data to distil on")
-    from ..backends import get_runner_class
-
-    try:
-        runner = get_runner_class(backend)
-    except KeyError as error:
-        raise BadInputError(f"--backend {backend}: {str(error).strip(chr(39))}") from None
-    if measure or latency is not None:  # before any work: the timing would fail at the end
-        ok, why = runner.available()
-        if not ok:
-            from ..errors import MissingDependencyError
-
-            raise MissingDependencyError(f"--backend {backend} unavailable here: {why} (or --no-measure with "
-                                         f"--ratio/--macs)")
-    if not str(output).lower().endswith(".onnx"):
-        raise BadInputError(f"-o {output}: give an .onnx path (the .safetensors goes beside it)")
-    side = safetensors_path_for(output)
-    inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data)),
-              ("--finetune", data_file(finetune)), ("--eval", data_file(eval_data))]
-    outputs = [("-o", output), ("weights", side), ("--json", json_path)]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
-    guard(inputs, outputs)
+    guard([], [("--json", json_path)])
     threads = resolve_threads(threads)
-    artifact = load(model, weights, shape)
-    settings = PruneSettings(target, importance=importance, round_to=_round_to(round_to),
-                             ignore=tuple(ignore or ()), backend=backend, batch=batch, threads=threads)
-    options = PruneJobOptions(settings, data=data_arg(data, artifact), samples=samples, recalibrate=recalibrate,
-                              finetune=finetune, epochs=epochs, temperature=temperature, eval_data=eval_data,
-                              measure=measure)
     with err.status("pruning", spinner="dots") as status:
-        report = prune_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
+        report = api.prune(
+            model, output, ratio=ratio, macs=macs, latency=latency, importance=importance, round_to=round_to,
+            ignore=ignore, backend=backend, batch=batch, data=data, samples=samples, recalibrate=recalibrate,
+            finetune=finetune, epochs=epochs, temperature=temperature, eval_data=eval_data, measure=measure,
+            weights=weights, shape=shape, threads=threads, progress=status.update, preprocess=preprocess,
+            mean=mean, std=std, scale=scale, bgr=bgr, resize=resize, layout=layout, pad=pad, anchor=anchor,
+            interp=interp)
+    inputs = api.current().inputs
+    outputs = [("-o", output), ("weights", safetensors_path_for(output))]
     _print(report)
     finish(report, json_path, inputs=inputs, outputs=outputs, threads=threads)
 

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .app import data_file, err, finish, guard, load, out, preprocessing, resolve_threads, spec_inputs, verb
+from .. import api
+from .app import err, finish, guard, out, resolve_threads, verb
 from .options import (
     Bgr,
     Data,
@@ -118,27 +119,24 @@ def quantize(
     written unless --keep-failed.
     """
     from ..harness.report import print_quantize
-    from ..jobs.quantize import QuantizeOptions, quantize_artifact, table_path_for
+    from ..jobs.quantize import table_path_for
 
     data = renamed(data, old_calib, "--calib", default="photos")
     run_batch = renamed(run_batch, old_batch, "--batch")
-    inputs = [*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data)),
-              ("--eval", data_file(eval_data))]
-    outputs = [("-o", output), ("ranges table", table_path_for(output) if precision == "int8" else None),
-               ("--trt-cache", trt_cache), ("--json", json_path)]
-    preprocessing(preprocess, mean, std, scale, bgr, resize, layout, pad, anchor, interp)
-    guard(inputs, outputs)
+    guard([], [("--json", json_path)])
     threads = resolve_threads(threads)
-    artifact = load(model, weights, shape)
-    options = QuantizeOptions(
-        precision=precision, target=target, method=method, calib=data, eval_data=eval_data, samples=samples,
-        eval_samples=eval_samples, counts_given=(samples, eval_samples) != (128, 64), batch=run_batch,
-        max_drop=max_drop, min_sqnr=min_sqnr, trt_cache=trt_cache,
-        threads=threads, keep_float=tuple(k for k in (keep_float or "").split(",") if k.strip()),
-        keep_failed=keep_failed, allow_poor=allow_poor, aim_preset=mixed, tier2=tier2, time_budget=time_budget,
-        placement=placement)
     with err.status("quantizing", spinner="dots") as status:
-        report = quantize_artifact(artifact, output, options, progress=lambda msg: status.update(msg))
+        report = api.quantize(
+            model, output, precision=precision, data=data, samples=samples, method=method, target=target,
+            keep_float=keep_float, max_drop=max_drop, min_sqnr=min_sqnr, eval_data=eval_data,
+            eval_samples=eval_samples, run_batch=run_batch, trt_cache=trt_cache, weights=weights, shape=shape,
+            threads=threads, keep_failed=keep_failed, allow_poor=allow_poor, mixed=mixed, tier2=tier2,
+            placement=placement, time_budget=time_budget, progress=status.update, preprocess=preprocess,
+            mean=mean, std=std, scale=scale, bgr=bgr, resize=resize, layout=layout, pad=pad, anchor=anchor,
+            interp=interp)
+    inputs = api.current().inputs
+    outputs = [("-o", output), ("ranges table", table_path_for(output) if precision == "int8" else None),
+               ("--trt-cache", trt_cache)]
     print_quantize(report, out)
     finish(report, json_path, inputs=inputs, outputs=outputs[:3] if report.written else [], threads=threads)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from .. import api
 from .app import err, guard, out, verb
 from .options import Json, Threads, examples
 
@@ -42,28 +43,26 @@ def sweep(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..harness.report import write_json
-    from ..sweep.matrix import finished, load_sweep
-    from ..sweep.run import _import_ray, run_sweep
+    from ..sweeps.matrix import finished
 
-    plan = load_sweep(sweep_file, output)
-    guard([("SWEEP.toml", sweep_file)], [("--json", json_path)])
+    guard([], [("--json", json_path)])
     if dry_run:
+        plan = api.sweep(sweep_file, output=output, dry_run=True)
         for cell in plan.cells:
             state = "finished, skipped" if finished(cell) else "to run"
             out.print(f"{cell.key}  [{state}]  deploy {' '.join(cell.command(threads))}", markup=False)
         typer.echo(f"DRY RUN {sweep_file}: {len(plan.cells)} cells, "
                    f"{sum(not finished(c) for c in plan.cells)} to run, results in {plan.out}")
         return
-    if ray != "off":
-        _import_ray()  # the install hint before anything starts
     columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("sweep", total=len(plan.cells))
+        task = bar.add_task("sweep", total=None)
 
         def progress(done: int, total: int, text: str) -> None:
             bar.update(task, completed=done, total=total, description=text[:100])
 
-        data = run_sweep(plan, ray=ray, workers=workers, progress=progress, threads=threads)
+        report = api.sweep(sweep_file, output=output, ray=ray, workers=workers, threads=threads, progress=progress)
+    data = report.to_dict()
     from rich.table import Table
 
     table = Table(title=f"sweep {sweep_file}: {data['wall_seconds']:.1f} s, {data['executor']}")
@@ -75,9 +74,6 @@ def sweep(
     out.print(table)
     if json_path:
         write_json(json_path, data)
-    counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items())
-    verdict = "PASSED" if data["passed"] else "FAILED"
-    typer.echo(f"{verdict} sweep {sweep_file}: {len(data['cells'])} cells ({counts}); ran {data['ran']}, skipped "
-               f"{data['skipped_finished']} finished — {plan.out}/report.html")
-    if not data["passed"]:
+    typer.echo(report.summary())
+    if not report.passed:
         raise typer.Exit(1)

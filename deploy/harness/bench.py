@@ -36,6 +36,7 @@ from ..backends import get_runner_class
 from ..backends.base import Runner
 from ..environment import default_threads, environment
 from ..errors import BadInputError, MissingDependencyError, first_line
+from ..reporting import Report
 from .check import runnable
 from .memory import MemoryWatch, job_for, measure_fresh
 from .stats import LatencyStats, RatioEstimate, balanced_orders, is_stable, paired_ratio, summarize
@@ -141,8 +142,8 @@ class BenchResult:
         }
 
 
-@dataclass
-class LatencyReport:
+@dataclass(repr=False)
+class LatencyReport(Report):
     environment: dict
     config: BenchConfig
     results: list[BenchResult]

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 
 from ..errors import BadInputError
+from ..reporting import Report
 
 
 @dataclass(frozen=True)
@@ -259,8 +260,8 @@ def channel_sqnr(a: np.ndarray, err: np.ndarray, axis: int | None = None) -> tup
     return values[worst], worst, int(silent.sum())
 
 
-@dataclass
-class CompareReport:
+@dataclass(repr=False)
+class CompareReport(Report):
     reference: str
     candidate: str
     backend_reference: str

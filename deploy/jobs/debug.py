@@ -42,6 +42,7 @@ from ..errors import BadInputError
 from ..harness.compare import OutputDiff, Tolerance, diff_output, tolerance_for
 from ..ort import cpu_session, optimized_op_counts
 from ..passes.qdq import with_outputs
+from ..reporting import Report
 
 REF_SUFFIX = "__deploy_ref"
 SKIP_OPS = {"Constant", "ConstantOfShape", "Shape", "Size"}  # weights and shape arithmetic, not activations
@@ -76,8 +77,8 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
-@dataclass
-class DebugReport:
+@dataclass(repr=False)
+class DebugReport(Report):
     reference: str
     candidate: str
     backend_reference: str

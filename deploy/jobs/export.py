@@ -28,10 +28,11 @@ from ..artifacts.spec import load_onnx_artifact
 from ..errors import BadInputError, CheckFailedError
 from ..harness.check import check_artifacts
 from ..harness.compare import CompareReport
+from ..reporting import Report
 
 
-@dataclass
-class ExportReport:
+@dataclass(repr=False)
+class ExportReport(Report):
     model: str
     output: str
     exporter: str
@@ -56,6 +57,12 @@ class ExportReport:
     @property
     def passed(self) -> bool:
         return self.check is None or self.check.passed
+
+    def summary(self) -> str:
+        """The last line `deploy export` prints."""
+        if self.exporter == "version_converter":
+            return f"CONVERTED {self.output}: opset {self.opset}, {self.notes[-1] if self.notes else 'checked'}"
+        return self.check.summary() if self.check else f"EXPORTED {self.output} (not verified)"
 
     def to_dict(self) -> dict:
         return {

@@ -28,6 +28,7 @@ from ..passes import fuse_conv_bn as _fuse_conv_bn  # noqa: F401  isort: skip
 from ..passes import onnx_activations as _onnx_activations  # noqa: F401  isort: skip
 from ..passes import onnx_reparam as _onnx_reparam  # noqa: F401  isort: skip
 from ..passes import reparam as _reparam  # noqa: F401  isort: skip
+from ..reporting import Report
 
 DEFAULT_TORCH_PASSES = ("reparameterize",)  # runs fuse_conv_bn after the blocks
 DEFAULT_ONNX_PASSES = ("onnx_reparam",)  # runs onnx_fuse_bn before and between merges
@@ -36,8 +37,8 @@ DEFAULT_ONNX_PASSES = ("onnx_reparam",)  # runs onnx_fuse_bn before and between 
 DEFAULT_FILE_PASSES = (*DEFAULT_ONNX_PASSES, "onnx_fuse_hardswish")
 
 
-@dataclass
-class FuseReport:
+@dataclass(repr=False)
+class FuseReport(Report):
     model: str
     output: str
     passes: list[dict]
@@ -50,6 +51,10 @@ class FuseReport:
     @property
     def passed(self) -> bool:
         return self.check is None or self.check.passed
+
+    def summary(self) -> str:
+        """The last line `deploy fuse` prints."""
+        return self.check.summary() if self.check else f"FUSED {self.output} (not verified)"
 
     def to_dict(self) -> dict:
         return {"model": self.model, "output": self.output, "passes": self.passes, "before": self.before,

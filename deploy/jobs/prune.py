@@ -24,6 +24,7 @@ from ..artifacts.inputs import make_feeds
 from ..artifacts.spec import pruning_metadata
 from ..errors import BadInputError, CheckFailedError
 from ..passes.prune import PruneRecord, compose
+from ..reporting import Report
 from .prune_search import PruneOutcome, Pruner, PruneSettings, default_finetune_epochs
 from .recovery import DistillConfig, accuracy, agreement, distill, output_sqnr, recalibrate_bn
 
@@ -63,8 +64,8 @@ class Stage:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class PruneJobReport:
+@dataclass(repr=False)
+class PruneJobReport(Report):
     model: str
     target: str
     outcome: PruneOutcome

@@ -121,6 +121,16 @@ class PruneOutcome:
         return self.macs_after / max(self.macs_before, 1)
 
 
+def parse_round_to(text: str | int) -> int | None:
+    """``--round-to``: a positive integer, or auto (None: measured on the backend)."""
+    text = str(text)
+    if text == "auto":
+        return None
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise BadInputError(f"--round-to {text}: give a positive integer (8, 16) or auto (measured on the backend)")
+
+
 # ------------------------------------------------------------------------------------------ preparation
 
 

@@ -55,6 +55,7 @@ from ..passes.qdq import (
     tensor_unit,
     with_outputs,
 )
+from ..reporting import Report
 from .export import export_onnx
 
 PRECISIONS = ("int8", "fp16")
@@ -129,8 +130,8 @@ def _finite(x: float) -> float:
     return x if math.isfinite(x) else (1e9 if x > 0 else -1e9)
 
 
-@dataclass
-class QuantizeReport:
+@dataclass(repr=False)
+class QuantizeReport(Report):
     model: str
     output: str
     precision: str

@@ -4,7 +4,7 @@ Export (certified equal to the original) → exact passes (certified equal) → 
 computes in it, int8 per quantization target, pruned at each latency target, pruned+int8) → every candidate
 certified on held-out data against the fp32 export → all timed interleaved on each backend, ratios to the
 fp32 export measured in the same run → per backend the Pareto front and the fastest candidate within the
-budget → ``manifest.json`` (validated against ``deploy/pipeline/manifest.schema.json``) and ``report.html``.
+budget → ``manifest.json`` (validated against ``deploy/pipelines/manifest.schema.json``) and ``report.html``.
 
 Data: ``data`` tunes (calibration, BN statistics, distillation: its first ``samples``); the certificates use
 ``eval_data``, or else the samples of ``data`` after those — never a sample that tuned a candidate.
@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from ..artifacts.files import umask_mode
 from ..errors import BadInputError
+from ..reporting import Report
 from .candidates import (
     FP16_BACKENDS,
     QUANT_TARGETS,
@@ -72,8 +73,8 @@ class HeldOut:
     description: str
 
 
-@dataclass
-class PipelineReport:
+@dataclass(repr=False)
+class PipelineReport(Report):
     model: str
     folder: str
     options: PipelineOptions
@@ -147,7 +148,21 @@ def _held_out(options: PipelineOptions, shape, input_name: str, say) -> tuple[He
     return HeldOut(held.array, held.labels, source, offset, held.description), samples
 
 
-def _validate(options: PipelineOptions) -> None:
+def fractions(text: str | Sequence[float] | None) -> tuple[float, ...]:
+    """``--prune-latency``: latency fractions like 0.7,0.5, or none."""
+    if text is None:
+        return ()
+    if not isinstance(text, str):
+        return tuple(float(v) for v in text)
+    if text.strip().lower() in ("none", "off", ""):
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise BadInputError(f"--prune-latency {text}: give fractions like 0.7,0.5, or none") from None
+
+
+def validate(options: PipelineOptions) -> None:
     if not options.backends:
         raise BadInputError(f"--backend: give one or more of {', '.join(PIPELINE_BACKENDS)}")
     if len(set(options.prune_latency)) != len(options.prune_latency):
@@ -209,10 +224,10 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
     from .manifest import build_manifest, write_manifest
     from .report_html import write_html
 
-    _validate(options)
+    validate(options)
     check_backends(options.backends)
     folder = Path(folder)
-    _check_folder(folder)
+    check_folder(folder)
     tell = say or (lambda _msg: None)
     start = time.perf_counter()
     torch_model = artifact.kind == "torch"
@@ -359,7 +374,7 @@ def _tuning_file(data: str, tuning: int, artifact, scratch: Path) -> Path:
     return path
 
 
-def _check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     """-o DIR: new, empty, or an earlier pipeline's (replaced whole); never a folder of other files."""
     if folder.exists() and not folder.is_dir():
         raise BadInputError(f"-o {folder}: a file is there; give a folder for the pipeline's artifacts")

@@ -5,5 +5,6 @@ Holds: :mod:`.run` (the pipeline), :mod:`.candidates`, :mod:`.certify` (the budg
 :mod:`deploy.harness.heldout`), :mod:`.pareto` (the choice), :mod:`.manifest` with its JSON schema,
 :mod:`.report_html`, :mod:`.verify`, and the demo (:mod:`.demo`, :mod:`.demo_index`).
 
-May import: ``deploy.jobs`` and below (it drives the jobs, so it sits above them).
+May import: ``deploy.jobs`` and below (it drives the jobs, so it sits above them). Named in the plural so
+that ``deploy.pipeline`` stays the API function (``deploy.sweeps`` likewise).
 """

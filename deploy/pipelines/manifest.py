@@ -3,7 +3,7 @@
 File hashes of every artifact, the versions it was made with (torch, onnx, onnxruntime, TensorRT, GPU), the
 held-out data and budget, each candidate's certificate with the drift tolerance verify allows, and each
 backend's interleaved timings as ratios to the fp32 export. Validated against
-``deploy/pipeline/manifest.schema.json`` before it is written, and again when verify reads it.
+``deploy/pipelines/manifest.schema.json`` before it is written, and again when verify reads it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ..environment import cpu_info, default_threads, gpu_info, library_versions
 from ..errors import BadInputError
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-FORMAT = "deploy.pipeline.manifest/1"
+FORMAT = "deploy.pipelines.manifest/1"
 
 
 @cache

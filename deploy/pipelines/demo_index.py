@@ -61,7 +61,7 @@ def _speed(t, baseline: bool) -> str:
 
 def ship_rows(demo) -> list[dict]:
     """One row per model and backend (one per model that did not run): the figures the index leads with,
-    from :func:`deploy.pipeline.demo.shipped` (what demo.json records)."""
+    from :func:`deploy.pipelines.demo.shipped` (what demo.json records)."""
 
     rows = []
     for r in demo.rows:

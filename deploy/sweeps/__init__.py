@@ -3,6 +3,6 @@ process, run on Ray or a local pool, gathered into one table and page.
 
 Holds: :mod:`.matrix` (reading and expanding the file) and :mod:`.run` (running the cells, the results).
 
-May import: ``deploy.pipeline`` (its page style) and below; it runs verbs through the CLI in children, so it
+May import: ``deploy.pipelines`` (its page style) and below; it runs verbs through the CLI in children, so it
 imports no verb.
 """

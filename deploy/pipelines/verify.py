@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..artifacts.files import sha256_file, write_text_atomic
 from ..errors import BadInputError
+from ..reporting import Report
 from .certify import Budget, Certifier
 from .manifest import read_manifest
 
@@ -39,8 +40,8 @@ class Case:
         return dict(self.__dict__)
 
 
-@dataclass
-class VerifyReport:
+@dataclass(repr=False)
+class VerifyReport(Report):
     manifest: str
     cases: list[Case]
     seconds: float

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..artifacts.files import write_text_atomic
 from ..errors import BadInputError, MissingDependencyError
+from ..reporting import Report
 from .matrix import FINAL_CODES, Cell, Sweep, finished, read_cell
 
 RAY_INSTALL = ("Ray is not installed: pip install 'deploy[ray]' (or pip install ray), or run the same matrix "
@@ -109,6 +110,27 @@ def _record(cell: Cell, status: str, result: dict | None, error: str | None, sta
 
 
 Progress = Callable[[int, int, str], None]
+
+
+class SweepReport(Report):
+    """A finished sweep: every cell's result (``to_dict()``, what ``results.json`` holds) and the verdict."""
+
+    def __init__(self, sweep: Sweep, data: dict):
+        self.sweep = sweep
+        self.data = data
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.data["passed"])
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.data["counts"].items())
+        return (f"{'PASSED' if self.passed else 'FAILED'} sweep {self.sweep.path}: {len(self.data['cells'])} cells "
+                f"({counts}); ran {self.data['ran']}, skipped {self.data['skipped_finished']} finished — "
+                f"{self.sweep.out}/report.html")
+
+    def to_dict(self) -> dict:
+        return self.data
 
 
 def run_sweep(sweep: Sweep, ray: str = "local", workers: int = 2, progress: Progress | None = None,
@@ -285,7 +307,7 @@ def _markdown(data: dict) -> str:
 def _html(data: dict) -> str:
     import html
 
-    from ..pipeline.report_html import CSS
+    from ..pipelines.report_html import CSS
 
     e = html.escape
     rows = "".join(

@@ -1,6 +1,6 @@
 """The main job (`deploy demo`, `make demo`): `deploy pipeline` once per demo model, then an index page.
 
-The demo has no glue of its own: each model goes through :func:`deploy.pipeline.run.run_pipeline` exactly as
+The demo has no glue of its own: each model goes through :func:`deploy.pipelines.run.run_pipeline` exactly as
 `deploy pipeline` runs it (candidates, certificates on held-out data, a budget, interleaved timing, the Pareto
 choice, ``report.html``, a ``manifest.json`` that `deploy verify` re-checks). This module only says which
 models, with which data and options, and keeps going when one of them fails:
@@ -232,7 +232,7 @@ def check_plan(names: tuple[str, ...], base: PipelineOptions,
     import tempfile
 
     from ..artifacts.spec import load_artifact
-    from .run import _validate
+    from .run import validate
 
     check_names(names)
     checked: list[DemoModel | DemoRow] = []
@@ -240,7 +240,7 @@ def check_plan(names: tuple[str, ...], base: PipelineOptions,
         for item in plan_models(names, Path(tmp), base, say, shape):
             if isinstance(item, DemoModel):
                 try:
-                    _validate(item.options)
+                    validate(item.options)
                     load_artifact(item.spec, weights=item.weights, shape=item.shape)
                 except DeployError as error:
                     item = DemoRow(item.name, item.about, "failed", 0.0, reason=_line(error))
