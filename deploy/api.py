@@ -245,6 +245,7 @@ def export(model: Model, output: str | os.PathLike, *, weights=None, shape: Shap
            progress: Progress = None, **preprocess):
     """`deploy export`: torch → one checked, simplified ONNX file, verified in ONNX Runtime against PyTorch
     (or an ONNX file converted to ``opset``). Raises ``CheckFailedError`` (no file written) on a mismatch."""
+    output = Path(output)
     from .artifacts.onnx_export import parse_dynamic
     from .jobs.export import export_onnx
 
@@ -264,6 +265,7 @@ def fuse(model: Model, output: str | os.PathLike, *, weights=None, shape: Shape 
          tol: Sequence[str] | None = None, threads: int | None = None, progress: Progress = None, **preprocess):
     """`deploy fuse`: exact passes (conv-BN, structural reparameterization, HardSwish), proven equal within
     fp32 tolerance. Raises ``CheckFailedError`` (no file written) when the result is not equivalent."""
+    output = Path(output)
     from .artifacts.onnx_export import parse_dynamic
     from .jobs.fuse import fuse_artifact, parse_passes
 
@@ -292,6 +294,7 @@ def quantize(model: Model, output: str | os.PathLike, *, precision: str = "int8"
     """`deploy quantize`: int8 (Q/DQ from calibration) or fp16 in the graph, judged against fp32 on held-out
     data; returns the report (``passed`` False and no file unless ``keep_failed``/``allow_poor`` when the
     result misses its preset or budget)."""
+    output = Path(output)
     from .jobs.quantize import QuantizeOptions, quantize_artifact, table_path_for
 
     _preprocess(preprocess)
@@ -319,6 +322,7 @@ def prune(model: Model, output: str | os.PathLike, *, ratio: float | None = None
           shape: Shape = None, threads: int | None = None, progress: Progress = None, **preprocess):
     """`deploy prune`: structured channel pruning to one target (``ratio``, ``macs`` or ``latency``), BN
     re-estimated, optionally distilled, exported (verified) with its weights and pruning record beside it."""
+    output = Path(output)
     from .backends import get_runner_class
     from .jobs.prune import PruneJobOptions, prune_artifact, safetensors_path_for
     from .jobs.prune_search import PruneSettings, PruneTarget, parse_round_to
@@ -506,7 +510,6 @@ def pipeline(model: Model, output: str | os.PathLike, *, weights=None, shape: Sh
                               command=list(command or ["deploy.pipelines", _label(model)]))
     validate(options)
     check_backends(options.backends)
-    output = Path(output)
     check_folder(output)
     _preprocess(preprocess)
     guard(spec_inputs("model", model) + [("weights", weights), ("data", data_file(data)),

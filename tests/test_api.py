@@ -112,3 +112,50 @@ def test_a_failed_check_is_a_report_and_a_failed_export_raises(tmp_path):
         deploy.export(bad.eval(), tmp_path / "bad.onnx", shape=(1, 3, 32, 32))
     assert caught.value.report.passed is False
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_the_worked_example_in_docs_api_md_runs_as_written(tmp_path, monkeypatch):
+    """docs/api.md's Python blocks, executed in order in an empty folder: the example must keep working."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    blocks = [b for b in text.split("```python\n")[1:]]
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block.split("```")[0], "docs/api.md", "exec"), {"__name__": "docs_api"})
+    assert (tmp_path / "net.onnx").is_file() and (tmp_path / "net.fused.onnx").is_file()
+    fused = onnx.load(str(tmp_path / "net.fused.onnx"))
+    assert not [n for n in fused.graph.node if n.op_type == "BatchNormalization"]
+    assert not (tmp_path / "resnet18.txt").exists()
+
+
+def test_every_verb_runs_through_the_api(tmp_path):
+    """The verbs not exercised above, each once on a small real case (the CLI tests cover their options)."""
+    import json
+
+    model = trained_tiny()
+    onnx_path = tmp_path / "t.onnx"
+    deploy.export(model, onnx_path, shape=(1, 3, 32, 32))
+    fused = deploy.fuse(str(onnx_path), tmp_path / "t.fused.onnx")
+    assert fused.passed and fused.after["nodes"] <= fused.before["nodes"]
+    debugged = deploy.debug(str(onnx_path), str(tmp_path / "t.fused.onnx"), samples=2)
+    assert debugged.passed and debugged.to_dict()["passed"] is True
+    timed = deploy.bench(str(onnx_path), str(tmp_path / "t.fused.onnx"), min_runs=3, min_time=0.05, max_time=2,
+                         memory="off", gap_ms=0)
+    assert len(timed.results) == 2 and all(r.stats.median > 0 for r in timed.results)
+    pruned = deploy.prune("tiny-resnet", tmp_path / "p.onnx", ratio=0.3, measure=False, samples=8)
+    assert (tmp_path / "p.onnx").is_file() and pruned.outcome.macs_after < pruned.outcome.macs_before
+    plan = deploy.build(str(onnx_path), tmp_path / "t.engine", dry_run=True, api=10)
+    assert plan.api == 10 and not (tmp_path / "t.engine").exists()
+    sweep_file = tmp_path / "s.toml"
+    sweep_file.write_text('[matrix]\nmodels = ["tiny-resnet"]\nverbs = ["export"]\nbackends = ["ort-cpu"]\n')
+    cells = deploy.sweep(sweep_file, output=tmp_path / "sweep", dry_run=True)
+    assert len(cells.cells) == 1
+    out = tmp_path / "pipe"
+    shipped = deploy.pipeline("tiny-resnet", out, samples=16, eval_samples=16, prune_latency="none", min_time=0.2,
+                              max_drop=50)
+    assert (out / "manifest.json").is_file() and json.loads((out / "manifest.json").read_text())["candidates"]
+    proof = deploy.verify(out / "manifest.json", latency=False)
+    assert proof.passed, proof.summary()
+    assert repr(shipped).startswith("<PipelineReport: ") and shipped.summary().split()[0] in ("PASSED", "FAILED")

@@ -15,7 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "deploy" / "pipeline" / "manifest.schema.json").read_text())
+SCHEMA = json.loads((ROOT / "deploy" / "pipelines" / "manifest.schema.json").read_text())
 _spec = importlib.util.spec_from_file_location("report_screenshot", ROOT / "scripts" / "report_screenshot.py")
 shots = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(shots)
@@ -150,7 +150,7 @@ def test_verify_fails_an_unreachable_latency(cli, tiny_run, tmp_path):
 
 def test_verify_refuses_what_is_not_a_manifest(cli, tmp_path):
     bad = tmp_path / "manifest.json"
-    bad.write_text(json.dumps({"format": "deploy.pipelines.manifest/1", "candidates": []}))
+    bad.write_text(json.dumps({"format": "deploy.manifest/1", "candidates": []}))
     result = cli("verify", bad)
     assert result.exit_code == 2 and "not a deploy manifest" in result.stderr
     assert cli("verify", tmp_path / "nothing.json").exit_code == 2

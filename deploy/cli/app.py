@@ -30,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # help text is shown as written: a literal [matrix] stays (rich would eat it)
 )
 # Pipes and CI logs get wide tables instead of rich's 80-column default, so numbers are never cut.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 170)

@@ -22,7 +22,7 @@ from ..environment import cpu_info, default_threads, gpu_info, library_versions
 from ..errors import BadInputError
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
-FORMAT = "deploy.pipelines.manifest/1"
+FORMAT = "deploy.manifest/1"
 
 
 @cache
