@@ -170,3 +170,25 @@ def test_a_softmax_output_is_judged_by_the_probability_mass_moved():
     d = diff_output("p", seq, seq, PRESETS["int8"])
     assert d.distribution_axis == 2 and d.tv_p95 == 0.0 and d.top1_positions == 1.0 and d.passed
     assert diff_output("y", np.abs(logits), np.abs(noisy), PRESETS["int8"]).distribution_axis is None
+
+
+def test_one_json_policy_for_non_finite_numbers(tmp_path):
+    """An exact match has SQNR ∞: every report writes null for it (JSON has no infinity) and says exact."""
+    import json
+    import math
+
+    import numpy as np
+
+    from deploy.artifacts.files import jsonable, write_json
+    from deploy.harness.compare import PRESETS, diff_output
+
+    a = np.arange(12, dtype=np.float32).reshape(2, 6)
+    diff = diff_output("logits", a, a.copy(), PRESETS["fp32"])
+    data = diff.to_dict()
+    assert data["sqnr_db"] is None and data["exact"] is True
+    assert jsonable({"x": math.inf, "y": [math.nan, np.float32(1.5)], "z": (1, 2)}) == {"x": None, "y": [None, 1.5],
+                                                                                         "z": [1, 2]}
+    path = write_json(tmp_path / "r.json", {"diff": data, "ratio": -math.inf})
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text and '"inf"' not in text
+    assert json.loads(text)["ratio"] is None

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInputError
 
@@ -145,3 +148,32 @@ def describe_file(flag: str, path: str | os.PathLike) -> dict:
         entry["sha256"] = sha256_file(path)
         entry["bytes"] = path.stat().st_size
     return entry
+
+
+def jsonable(value: Any) -> Any:
+    """The one JSON policy of deploy's reports: a number that is not finite (an exact match's SQNR, a ratio
+    with nothing to divide) is written as ``null`` — JSON has no infinity — and the report says why beside it
+    where it matters (``"exact": true`` on a comparison); numpy scalars become numbers, tuples lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):  # numpy scalars
+        return jsonable(value.item())
+    return value
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON (see :func:`jsonable`) via a temporary file and a rename: never a half-written
+    report. Values that are still not JSON (NaN cannot survive :func:`jsonable`) raise instead of writing."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise BadInputError(f"--json {path}: folder {path.parent} does not exist")
+    if path.is_dir():
+        raise BadInputError(f"--json {path}: is a folder; give a file name")
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
+        json.dump(jsonable(data), handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    return path

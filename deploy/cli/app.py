@@ -110,8 +110,8 @@ def write_report(json_path: Path | None, data: dict, *, inputs=(), outputs=(), t
     """The JSON report, with its provenance block (version, command, time, file hashes, machine)."""
     if not json_path:
         return
+    from ..artifacts.files import write_json
     from ..artifacts.provenance import provenance
-    from ..harness.report import write_json
 
     state = api.current()
     command, params = state.verb, state.params

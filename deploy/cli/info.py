@@ -18,7 +18,7 @@ def zoo(
     json_path: Json = None,
 ) -> None:
     """List the zoo: name, family, parameters, GFLOPs (2·MACs, one sample) and input size."""
-    from ..harness.report import write_json
+    from ..artifacts.files import write_json
     from ..jobs.inspection import count_model
     from ..models import get_model_entry, list_models
 
@@ -104,8 +104,8 @@ def backends(json_path: Json = None) -> None:
     """List each backend: what it runs, on which device, and why it is unavailable here when it is."""
     from rich.markup import escape
 
+    from ..artifacts.files import write_json
     from ..backends import backend_status
-    from ..harness.report import write_json
 
     guard([], [("--json", json_path)])
     with err.status("probing backends", spinner="dots"):

@@ -156,7 +156,7 @@ def digits(
     method chosen on a slice of the training split) and reports fp32 vs int8 accuracy on the disjoint test
     split; RepVGG also after reparameterization, and with the sensitivity fallback.
     """
-    from ..harness.report import write_json
+    from ..artifacts.files import write_json
     from ..jobs.digits_accuracy import run_digits_accuracy
 
     guard([], [("--json", json_path)])

@@ -42,7 +42,7 @@ def sweep(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..harness.report import write_json
+    from ..artifacts.files import write_json
     from ..sweeps.matrix import finished
 
     guard([], [("--json", json_path)])

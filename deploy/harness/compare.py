@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from ..artifacts.files import jsonable
 from ..errors import BadInputError
 from ..reporting import Report
 
@@ -147,8 +148,8 @@ class OutputDiff:
         out = asdict(self)
         out["tolerance"] = {k: v for k, v in asdict(self.tolerance).items() if v is not None}
         out["passed"] = self.passed
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) and k != "sqnr_db" else v)
-                for k, v in out.items()}
+        out["exact"] = self.max_abs == 0.0  # why sqnr_db is null: no error at all (∞ dB); see files.jsonable
+        return jsonable(out)
 
 
 def _db(signal: float, noise: float) -> float:

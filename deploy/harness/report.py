@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from ..artifacts.files import atomic_path
 from ..backends.ort_graph import round_trips_text
-from ..errors import BadInputError
 from .compare import CompareReport
 from .stats import ratio_verdict
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _jsonable(value.item())
-    return value
-
-
-def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON via a temporary file and a rename: never a half-written report."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise BadInputError(f"--json {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise BadInputError(f"--json {path}: is a folder; give a file name")
-    with atomic_path(path) as tmp, open(tmp, "w") as handle:
-        json.dump(_jsonable(data), handle, indent=2)
-        handle.write("\n")
-    return path
 
 
 def fmt_count(n: int) -> str:

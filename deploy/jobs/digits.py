@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..artifacts.files import atomic_path, default_cache_dir
+from ..artifacts.files import atomic_path, default_cache_dir, jsonable
 from ..models import create_model, get_model_entry
 from ..ort import cpu_session
 
@@ -307,7 +307,7 @@ def _save_checkpoint(model: nn.Module, path: Path, meta: dict) -> None:
     with _atomic(path) as tmp:
         torch.save(state, tmp)
     with _atomic(_meta_path(path)) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        tmp.write_text(json.dumps(jsonable(meta), indent=2, allow_nan=False) + "\n")
 
 
 def _load_checkpoint(model: nn.Module, path: Path) -> bool:

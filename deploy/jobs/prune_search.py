@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..artifacts.artifact import Artifact
+from ..artifacts.files import jsonable
 from ..errors import BadInputError, CheckFailedError
 from ..passes.prune import (
     CRITERIA,
@@ -452,7 +453,7 @@ def measure_round_to(backend: str, batch: int, threads: int | None, say: Callabl
         from ..artifacts.files import write_text_atomic
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(cache, indent=1))
+        write_text_atomic(path, json.dumps(jsonable(cache), indent=1, allow_nan=False))
     except OSError:
         pass
     return choice

@@ -13,8 +13,7 @@ import math
 import platform
 from pathlib import Path
 
-from ..artifacts.files import write_text_atomic
-from ..harness.report import write_json
+from ..artifacts.files import write_json, write_text_atomic
 from .pareto import speed_text, speedup
 from .report_html import CSS
 from .report_html import _e as _e

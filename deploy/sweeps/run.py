@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from ..artifacts.files import write_text_atomic
+from ..artifacts.files import jsonable, write_text_atomic
 from ..errors import BadInputError, MissingDependencyError
 from ..reporting import Report
 from .matrix import FINAL_CODES, Cell, Sweep, finished, read_cell
@@ -105,7 +105,7 @@ def _record(cell: Cell, status: str, result: dict | None, error: str | None, sta
               "command": ["deploy", *cell.command()], "fingerprint": cell.fingerprint(),
               "resources": cell.resources.to_dict(), "result": summary}
     cell.folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cell.folder / "cell.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(cell.folder / "cell.json", json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n")
     return record
 
 
@@ -286,7 +286,7 @@ def write_results(sweep: Sweep, skipped: int, ran: int, seconds: float, ray: str
             "workers": workers, "cells": records, "counts": counts, "ran": ran, "skipped_finished": skipped,
             "wall_seconds": round(seconds, 2), "utc": _now(),
             "passed": all(r["status"] == "passed" for r in records)}  # a FAILED verdict fails the sweep too
-    write_text_atomic(sweep.out / "sweep.json", json.dumps(data, indent=2) + "\n")
+    write_text_atomic(sweep.out / "sweep.json", json.dumps(jsonable(data), indent=2, allow_nan=False) + "\n")
     write_text_atomic(sweep.out / "sweep.md", _markdown(data))
     write_text_atomic(sweep.out / "report.html", _html(data))
     return data
