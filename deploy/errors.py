@@ -1,4 +1,4 @@
-"""The error hierarchy and the exit codes it maps to (DESIGN.md §3).
+"""The error hierarchy and the exit codes it maps to.
 
 0 ok · 1 a check failed · 2 bad input or usage · 3 a needed dependency or device is missing ·
 4 an internal error (a bug in deploy: never mistaken for a failed check).

@@ -1,6 +1,6 @@
 """What this machine offers the GPU paths, probed without importing anything heavy at module load.
 
-TensorRT, pycuda and CUDA are optional (DESIGN.md §3): each probe imports its library only when called,
+TensorRT, pycuda and CUDA are optional: each probe imports its library only when called,
 and every "no" comes with the exact reason, so ``deploy backends`` and ``deploy build`` can say what is
 missing (no GPU, no driver, tensorrt not importable, a TensorRT too old) instead of a stack trace.
 """

@@ -1,4 +1,4 @@
-"""What every pass returns, and the registry that lets the CLI compose passes by name (DESIGN.md §3).
+"""What every pass returns, and the registry that lets the CLI compose passes by name.
 
 A pass is a plain function ``(model, **options) -> PassResult``. Its report says what changed, in numbers:
 the sites it rewrote, the sites it looked at and left alone (with the reason), and counts before/after.

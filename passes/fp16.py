@@ -1,4 +1,4 @@
-"""`fp16`: weights and compute in float16, written into the graph (DESIGN.md §4, "Precision lives in the graph").
+"""`fp16`: weights and compute in float16, written into the graph.
 
 TensorRT 11 has no FP16 builder flag: a strongly typed network runs each op in the type the ONNX file
 gives it, so the file must carry the float16 ops and the Casts. This pass

@@ -1,4 +1,4 @@
-"""The maths of exact fusion, once (DESIGN.md §4). Pure torch on tensors; no modules, no graphs.
+"""The maths of exact fusion, once. Pure torch on tensors; no modules, no graphs.
 
 Conventions: a conv kernel W has shape (Cout, Cin/g, kH, kW) and bias b of shape (Cout,); a BN is
 (γ, β, μ, σ², ε) with s = γ / sqrt(σ² + ε) per channel. Everything is computed in float64 and cast back,

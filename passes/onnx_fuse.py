@@ -1,5 +1,5 @@
 """`onnx_fuse_bn`: fold BatchNormalization into the Conv, ConvTranspose or Gemm before it, or into a
-Conv after it when that Conv reads no padding (DESIGN.md §4). Every BN left is reported with why.
+Conv after it when that Conv reads no padding. Every BN left is reported with why.
 
 A per-channel constant scale or shift — Mul, Add, Sub or Div by a constant that is a scalar or varies only
 along the channel axis — is a BatchNormalization in all but name (γ = the scale, β = the shift, mean 0,

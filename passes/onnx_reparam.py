@@ -1,4 +1,4 @@
-"""`onnx_reparam`: the generic branch merge (DESIGN.md §4) — any Add/Sum whose inputs are affine in one
+"""`onnx_reparam`: the generic branch merge — any Add/Sum whose inputs are affine in one
 tensor X becomes one Conv, however the exporter spelled the branches.
 
 1. Region. From an Add/Sum, walk back through ops that are affine in their data input (Conv, BN, Pad

@@ -1,4 +1,4 @@
-"""Insert QuantizeLinear/DequantizeLinear pairs from a ranges mapping (DESIGN.md §4, Int8).
+"""Insert QuantizeLinear/DequantizeLinear pairs from a ranges mapping (Int8).
 
 Two steps, so that calibration knows what to measure before any range exists:
 

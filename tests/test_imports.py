@@ -48,7 +48,7 @@ def test_no_top_level_models_or_calib(tmp_path):
 
 @pytest.mark.parametrize("pkg", ["models", "passes", "calib"])
 def test_leaf_packages_import_nothing_of_ours(pkg):
-    """DESIGN.md §2: models, passes and calib import nothing of ours — with one exception: the zoo's
+    """models, passes and calib import nothing of ours — with one exception: the zoo's
     train-time blocks fold their branches with the maths in passes/kernels.py (written once)."""
     ours = ("deploy", "models", "passes", "calib")
     for path in (ROOT / pkg).rglob("*.py"):

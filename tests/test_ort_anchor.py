@@ -1,6 +1,6 @@
 """The anchor: on the same model, weights and photos, `deploy quantize` is at least as close to fp32 as ONNX
 Runtime's own `quantize_static` (QDQ, per-channel, after quant_pre_process) — judged on held-out photos by
-mean-centred SQNR, the measure that random-weight nets do not flatter (DESIGN.md §5)."""
+mean-centred SQNR, the measure that random-weight nets do not flatter."""
 
 from __future__ import annotations
 

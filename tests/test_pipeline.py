@@ -199,13 +199,13 @@ def test_pipeline_on_an_onnx_file_with_labelled_digits(cli, trained, tmp_path):
 
 
 def test_an_earlier_pipeline_folder_is_replaced_whole(tmp_path):
-    from deploy.pipelines.run import _check_folder, _move_into_place
+    from deploy.pipelines.run import _move_into_place, check_folder
 
     old = tmp_path / "out"
     old.mkdir()
     (old / "manifest.json").write_text("{}")
     (old / "stale.onnx").write_text("x")
-    _check_folder(old)  # an earlier pipeline's folder is accepted
+    check_folder(old)  # an earlier pipeline's folder is accepted
     work = tmp_path / ".out.work"
     work.mkdir()
     (work / "manifest.json").write_text('{"new": true}')

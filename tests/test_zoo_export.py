@@ -1,7 +1,7 @@
 """Acceptance: every zoo model builds, runs, exports and matches in ONNX Runtime on real photos.
 
 Realistic numerics (random BN affine, statistics from the bundled photos), then `export_onnx` with its
-verification on photo crops the statistics never saw: max relative error ≤ 1e-5 (DESIGN.md §5).
+verification on photo crops the statistics never saw: max relative error ≤ 1e-5.
 """
 
 import numpy as np

@@ -2,7 +2,7 @@
 
 A freshly initialised net has BN running statistics of (0, 1) and γ = 1, β = 0, so its activations
 explode or die layer after layer and its logits are nearly flat: comparisons on such a net hide real
-errors (DESIGN.md §5). :func:`make_realistic` gives every BN layer a random affine (γ ~ U(0.5, 1.5),
+errors. :func:`make_realistic` gives every BN layer a random affine (γ ~ U(0.5, 1.5),
 β ~ U(−0.25, 0.25)), running statistics measured by train-mode forward passes over the bundled
 photos, and a cap on each channel's gain — what a trained net's BN layers look like, without training.
 """

@@ -1,4 +1,4 @@
-"""The runner contract (DESIGN.md §3): an artifact becomes ``infer(feeds) -> outputs`` on one backend.
+"""The runner contract: an artifact becomes ``infer(feeds) -> outputs`` on one backend.
 
 A runner is a context manager: entering loads the artifact onto its device, leaving frees it.
 ``infer`` validates the feeds against the artifact's input specs so a wrong name, rank or static dim

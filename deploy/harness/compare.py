@@ -2,7 +2,7 @@
 
 Metrics (a = reference, b = candidate, per output, over all samples):
   max_abs  = max|a − b|
-  max_rel  = max|a − b| / max|a|                       (DESIGN.md §5)
+  max_rel  = max|a − b| / max|a|
   cosine   = the 5th percentile of the per-sample cosine similarities of a and b, over the samples whose
              reference is not ~0 (‖a‖ ≤ 1e-6 · the largest ‖a‖); those are counted apart (near_zero), as
              one near-empty output would otherwise set the score (cosine_min keeps the lowest of all)

@@ -3,7 +3,7 @@
 The zoo cannot download pretrained weights, so accuracy is measured on nets this project trains itself on
 scikit-learn's digits (deploy.jobs.digits: deterministic, cached). Each net is exported, quantized with
 `deploy quantize` calibrated on the digits calibration split and scored on the disjoint test split, with
-labels: the accuracy drop is the measure (DESIGN.md §5). The tournament and the budget are judged on a
+labels: the accuracy drop is the measure. The tournament and the budget are judged on a
 slice of the training split, so that the test split, which reports the accuracy, chose nothing. RepVGG is
 shown in its train form, after reparameterization (where plain PTQ is known to fail: one fused kernel
 mixes branches of very different scales), and after reparameterization with the sensitivity fallback under

@@ -1,6 +1,6 @@
 """`deploy quantize`: calibrate, then write Q/DQ (int8) or cast (fp16) into the ONNX graph, and prove it.
 
-Int8 flow (DESIGN.md §4): plan the Q/DQ placement for the target → run the fp32 model once over the
+Int8 flow: plan the Q/DQ placement for the target → run the fp32 model once over the
 calibration data with every planned tensor as an extra output, collecting histograms (one pass, bounded
 memory) → derive ranges per method → insert Q/DQ → score each candidate on held-out data against the
 fp32 model (SQNR, mean-centred SQNR, top-1 agreement, accuracy when the data has labels). ``auto`` scores

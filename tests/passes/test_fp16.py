@@ -1,6 +1,6 @@
 """The fp16 pass on real exports and on hand-built graphs: float32 at the graph's edges, float16 weights and
 compute inside, block-listed ops fed through Casts to float32, the fewest Casts an edge-wise placement needs,
-clamped weights counted, and outputs within the FP16 profile (DESIGN.md §5: cosine ≥ 0.9999, relative
+clamped weights counted, and outputs within the FP16 profile (cosine ≥ 0.9999, relative
 error ≤ 1e-2) of the float32 model on the bundled photos.
 
 Two runtimes judge the numbers. ONNX Runtime 1.32's CPU build has no float16 kernel for Conv, Relu, Add,
