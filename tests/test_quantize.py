@@ -249,7 +249,8 @@ def test_an_int8_that_misses_the_preset_fails_unless_allowed(cli, tiny_onnx, tmp
 
 
 def test_scores_of_class_like_outputs_rank_by_agreement_first():
-    from deploy.jobs.quantize import Score, wilson_interval
+    from deploy.harness.heldout import wilson_interval
+    from deploy.jobs.quantize import Score
 
     sqnr_first = Score("a", 25.0, 25.0, 0.99, 75.0, None)
     agreement_first = Score("b", 20.0, 20.0, 0.98, 91.7, None)

@@ -31,7 +31,8 @@ from ..calib.observers import METHODS, collect_histograms, compute_ranges
 from ..calib.table import RangesTable, fingerprint_arrays, write_trt_cache
 from ..errors import BadInputError
 from ..harness.bench import BenchConfig, Warmup, interleave, warm_up
-from ..harness.compare import diff_output
+from ..harness.compare import PRESETS, diff_output
+from ..harness.heldout import Budget, HeldOut, top1_drop
 from ..harness.stats import paired_ratio, ratio_verdict
 from ..ort import cpu_session, optimized_graph, run_function, session_timer
 from ..passes.bias_correction import fold_corrections, measure_corrections
@@ -109,6 +110,7 @@ class Score:
     seconds: float = 0.0
     samples: int = 0  # held-out samples it was judged on (a first-round tournament loser sees fewer)
     top1_interval: tuple[float, float] | None = None  # 95 % Wilson interval of top1_agreement, in %
+    drop: float | None = None  # top-1 points lost (heldout.top1_drop): what a --max-drop budget reads
 
     def key(self) -> tuple[float, float]:
         """Higher is better. With labels: accuracy, then mean-centred SQNR. Class-like outputs without
@@ -251,20 +253,22 @@ def _batches(array: np.ndarray, name: str, batch: int, whole: bool = False) -> l
     return [{name: array[i:i + batch]} for i in range(0, stop, batch)]
 
 
-class _Judge:
-    """Scores candidate models on the held-out data against the fp32 reference outputs."""
+class _Judge(HeldOut):
+    """Scores candidate models (ONNX in memory, or loaded sessions) on the held-out data against the fp32
+    reference outputs: :class:`deploy.harness.heldout.HeldOut`, run through ONNX Runtime sessions."""
 
     def __init__(self, fp32: onnx.ModelProto | None, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
                  threads: int | None, session=None, reference: tuple[str, np.ndarray] | None = None):
         """``session``: an already loaded session that computes the fp32 output (the calibration one).
         ``reference``: (output name, fp32 outputs on ``feeds``) already known: no fp32 model is run."""
-        self.feeds, self.labels, self.threads = feeds, labels, threads
+        self.feeds, self.threads = feeds, threads
         if reference is not None:
-            self.output, self.reference = reference
+            self.output, known = reference
+            super().__init__(feeds, labels, reference=known)
         else:
             self.output = fp32.graph.output[0].name
-            self.reference = self._outputs(session or cpu_session(fp32, threads))
-        self.fp32_accuracy = self._accuracy(self.reference)
+            super().__init__(feeds, labels, reference=self._outputs(session or cpu_session(fp32, threads)))
+        self.fp32_accuracy = self.reference_accuracy
 
     def _outputs(self, model_or_session, batches: int | None = None) -> np.ndarray:
         session = self.session(model_or_session) if isinstance(model_or_session, onnx.ModelProto) \
@@ -295,28 +299,18 @@ class _Judge:
                       None if self.labels is None else self.labels[:n][chosen], self.threads,
                       reference=(self.output, self.reference[:n][chosen]))
 
-    def _accuracy(self, logits: np.ndarray) -> float | None:
-        if self.labels is None or logits.ndim != 2:
-            return None
-        labels = self.labels[:len(logits)]
-        if labels.ndim == 2:  # one-hot (or per-class scores): the class is the argmax
-            labels = labels.argmax(1)
-        return float((logits.argmax(1) == labels.reshape(-1)).mean() * 100)
-
     def score(self, model, label: str, batches: int | None = None) -> Score:
         """Judge a model (or a loaded session of one) on the held-out data, or on its first ``batches``."""
         return self.score_and_preset(model, label, batches)[0]
 
     def score_and_preset(self, model, label: str, batches: int | None = None, precision: str = "int8"):
         """(Score, the comparison judged by deploy check's preset for ``precision``) from one run."""
-        from ..harness.compare import PRESETS
-
         start = time.perf_counter()
         out = self._outputs(model, batches)
-        d = diff_output(self.output, self.reference[:len(out)], out, PRESETS[precision])
-        interval = None if d.top1 is None else wilson_interval(round(d.top1 * len(out)), len(out))
-        return Score(label, d.sqnr_db, d.centred_sqnr_db, d.cosine, None if d.top1 is None else d.top1 * 100,
-                     self._accuracy(out), time.perf_counter() - start, len(out), interval), d
+        j = self.judge(out, self.output, PRESETS[precision])
+        d = j.diff
+        return Score(label, d.sqnr_db, d.centred_sqnr_db, d.cosine, j.agreement, j.accuracy,
+                     time.perf_counter() - start, j.samples, j.agreement_interval, j.drop), d
 
     def preset_failures(self, model, precision: str) -> list[str]:
         """What the final model misses of ``deploy check``'s preset for its precision, on the held-out data."""
@@ -324,16 +318,12 @@ class _Judge:
 
     def preset_diff(self, model, precision: str):
         """The held-out comparison judged by ``deploy check``'s preset (its failures and shortfall)."""
-        from ..harness.compare import PRESETS
-
         out = self._outputs(model)
         return diff_output(self.output, self.reference[:len(out)], out, PRESETS[precision])
 
     def drop(self, score: Score) -> float | None:
         """Top-1 points lost: accuracy drop with labels, else disagreement with fp32."""
-        if score.accuracy is not None and self.fp32_accuracy is not None:
-            return self.fp32_accuracy - score.accuracy
-        return None if score.top1_agreement is None else 100.0 - score.top1_agreement
+        return top1_drop(score.accuracy, self.fp32_accuracy, score.top1_agreement)
 
 
 TIMING = BenchConfig(min_runs=20, min_time=0.6, max_time=6.0, gap=0.002)  # quantize's quick look: the bench's timer
@@ -368,31 +358,16 @@ def _interleaved_medians(fp32: onnx.ModelProto, others: list[onnx.ModelProto], f
     return medians[0], medians[1:], ratios, rounds, times
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion, in %: 58 agreements in 64 samples (90.6 %) give [81.0, 95.6]."""
-    if n == 0:
-        return (0.0, 100.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (round(100 * max(0.0, centre - half), 2), round(100 * min(1.0, centre + half), 2))
+def _budget(options: QuantizeOptions) -> Budget:
+    return Budget(options.max_drop, options.min_sqnr)
 
 
 def _meets(judge: _Judge, score: Score, options: QuantizeOptions) -> bool:
-    if options.max_drop is not None:
-        drop = judge.drop(score)
-        if drop is None or drop > options.max_drop + 1e-9:
-            return False
-    return options.min_sqnr is None or score.centred_sqnr_db >= options.min_sqnr
+    return not _budget(options).misses(score)
 
 
 def _budget_text(options: QuantizeOptions, labels: bool) -> str | None:
-    parts = []
-    if options.max_drop is not None:
-        parts.append(f"{'accuracy drop' if labels else 'top-1 disagreement'} ≤ {options.max_drop:g} points")
-    if options.min_sqnr is not None:
-        parts.append(f"centred SQNR ≥ {options.min_sqnr:g} dB")
-    return " and ".join(parts) or None
+    return _budget(options).describe(labels) or None
 
 
 def _validate(options: QuantizeOptions) -> None:

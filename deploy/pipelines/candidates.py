@@ -17,7 +17,8 @@ from pathlib import Path
 from ..artifacts.files import sha256_file
 from ..backends.ort_graph import round_trips_text
 from ..errors import DeployError, internal_error_text
-from .certify import Budget, Certificate
+from ..harness.heldout import Budget
+from .certify import Certificate
 
 # The backends a pipeline times (its candidates are ONNX files) and the quantization target of each.
 QUANT_TARGETS = {"ort-cpu": "ort-cpu", "ort-cuda": "ort-cuda", "trt": "trt"}

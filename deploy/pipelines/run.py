@@ -24,6 +24,7 @@ import numpy as np
 
 from ..artifacts.files import umask_mode
 from ..errors import BadInputError
+from ..harness.heldout import Budget
 from ..reporting import Report
 from .candidates import (
     FP16_BACKENDS,
@@ -37,7 +38,7 @@ from .candidates import (
     build_quantized,
     not_built,
 )
-from .certify import Budget, Certifier
+from .certify import Certifier, default_budget
 from .pareto import Choice, Timing, choose
 
 PIPELINE_BACKENDS = tuple(QUANT_TARGETS)
@@ -61,7 +62,7 @@ class PipelineOptions:
 
     @property
     def budget(self) -> Budget:
-        return Budget.of(self.max_drop, self.min_sqnr)
+        return default_budget(self.max_drop, self.min_sqnr)
 
 
 @dataclass

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from ..artifacts.files import sha256_file, write_text_atomic
 from ..errors import BadInputError
+from ..harness.heldout import Budget
 from ..reporting import Report
-from .certify import Budget, Certifier
+from .certify import Certifier
 from .manifest import read_manifest
 
 
