@@ -160,6 +160,25 @@ def _db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """Top-1 accuracy in % of (N, classes) logits against class labels (or one-hot rows); None without labels
+    or for an output that is not a classifier's."""
+    if labels is None or logits.ndim != 2:
+        return None
+    labels = np.asarray(labels)[:len(logits)]
+    if labels.ndim == 2:  # one-hot (or per-class scores): the class is the argmax
+        labels = labels.argmax(1)
+    return float((logits.argmax(1) == labels.reshape(-1)).mean() * 100)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Top-1 agreement in % of two (N, classes) outputs: the share of samples whose argmax is the same. The
+    one top-1 computation (with :func:`accuracy`): ``OutputDiff.top1`` is this as a fraction."""
+    if a.ndim != 2 or a.shape != b.shape:
+        return None
+    return float((a.argmax(axis=1) == b.argmax(axis=1)).mean() * 100)
+
+
 def diff_output(name: str, a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -> OutputDiff:
     """Compare one output pair (reference ``a``, candidate ``b``) and judge it."""
     if a.shape != b.shape:
@@ -188,9 +207,7 @@ def diff_output(name: str, a: np.ndarray, b: np.ndarray, tolerance: Tolerance) -
     ac = a2 - a2.mean(axis=1, keepdims=True)
     ec = e2 - e2.mean(axis=1, keepdims=True)
     centred = _db(float((ac ** 2).sum()), float((ec ** 2).sum()))
-    top1 = None
-    if a64.ndim == 2 and a64.shape[1] > 1:
-        top1 = float((a64.argmax(axis=1) == b64.argmax(axis=1)).mean())
+    top1 = None if a64.ndim != 2 or a64.shape[1] < 2 else agreement(a64, b64) / 100.0
     dist_axis = distribution_axis(a64)
     channel_db, worst, silent = channel_sqnr(a64, err, dist_axis)
     diff = OutputDiff(name, list(a.shape), max_abs, max_rel, cosine, sqnr, centred, top1, tolerance,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BadInputError
-from .compare import OutputDiff, Tolerance, diff_output
+from .compare import OutputDiff, Tolerance, accuracy, diff_output
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -34,17 +34,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (round(100 * max(0.0, centre - half), 2), round(100 * min(1.0, centre + half), 2))
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
-    """Top-1 accuracy in % of (N, classes) logits against class labels (or one-hot rows); None without labels
-    or for an output that is not a classifier's."""
-    if labels is None or logits.ndim != 2:
-        return None
-    labels = np.asarray(labels)[:len(logits)]
-    if labels.ndim == 2:  # one-hot (or per-class scores): the class is the argmax
-        labels = labels.argmax(1)
-    return float((logits.argmax(1) == labels.reshape(-1)).mean() * 100)
 
 
 def top1_drop(accuracy_now: float | None, reference_accuracy: float | None, agreement: float | None) -> float | None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..artifacts.files import atomic_path, default_cache_dir, jsonable
+from ..harness.compare import accuracy
 from ..models import create_model, get_model_entry
 from ..ort import cpu_session
 
@@ -123,11 +124,8 @@ def evaluate(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarr
     """Top-1 accuracy in % of ``run`` (a batch of inputs → logits) over ``x``, ``batch`` samples at a time."""
     if len(x) == 0:
         raise ValueError("evaluate: no samples")
-    correct = 0
-    for start in range(0, len(x), batch):
-        logits = np.asarray(run(x[start:start + batch]))
-        correct += int((logits.argmax(axis=1) == y[start:start + batch]).sum())
-    return 100.0 * correct / len(x)
+    logits = np.concatenate([np.asarray(run(x[start:start + batch])) for start in range(0, len(x), batch)])
+    return accuracy(logits, y)
 
 
 def torch_logits(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..artifacts.numerics import batchnorm_layers, estimate_bn_statistics
+from ..harness.compare import agreement as top1_agreement
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> int:
@@ -110,12 +111,15 @@ def distill(student: nn.Module, teacher: nn.Module, inputs: np.ndarray, labels: 
 
 def agreement(a: nn.Module, b: nn.Module, inputs: np.ndarray, batch: int = 64) -> float:
     """Top-1 agreement in % of two classifiers over ``inputs``."""
-    same = 0
+    if len(inputs) == 0:
+        return 0.0
+    outputs = ([], [])
     with torch.no_grad():
         for begin in range(0, len(inputs), batch):
             x = torch.from_numpy(np.ascontiguousarray(inputs[begin:begin + batch], dtype=np.float32))
-            same += int((a.eval()(x).argmax(1) == b.eval()(x).argmax(1)).sum())
-    return 100.0 * same / max(len(inputs), 1)
+            for model, out in zip((a, b), outputs):
+                out.append(model.eval()(x).numpy())
+    return top1_agreement(np.concatenate(outputs[0]), np.concatenate(outputs[1]))
 
 
 def accuracy(model: nn.Module, inputs: np.ndarray, labels: np.ndarray) -> float:
