@@ -32,9 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..artifacts.artifact import Artifact
+from ..artifacts.artifact import Artifact, TensorSpec
 from ..artifacts.files import jsonable
 from ..errors import BadInputError, CheckFailedError
+from ..harness.bench import BenchConfig, Warmup, interleave, warm_up
 from ..passes.prune import (
     CRITERIA,
     GroupPlan,
@@ -254,7 +255,7 @@ class Pruner:
     # --- timing
     def time_candidates(self, stage: str, candidates: list[tuple[str, nn.Module, float]]) -> list[Probe]:
         """Time the candidates interleaved with the unpruned model; one Probe each (paired ratio, 95 % CI)."""
-        from ..harness.bench import BenchConfig, Warmup, measure_group, resolve_entries
+        from ..harness.bench import measure_group, resolve_entries
 
         s = self.settings
         config = BenchConfig(batches=(s.batch,), threads=s.threads, warmup=Warmup(runs=3), min_runs=8,
@@ -483,44 +484,31 @@ def choose_round_to(cost: dict[int, float], threshold: float = 1.05) -> int:
     return 1
 
 
+WIDTH_TIMING = BenchConfig(min_runs=12, min_time=0.0, max_time=30.0, gap=0.0)  # 12 rounds of the bench's timer
+
+
 def _time_widths(backend: str, batch: int, threads: int | None, widths: list[int], side: int = 14
                  ) -> dict[int, float]:
-    """Fastest of 12 runs of one 3×3 conv + ReLU at each output width, the widths timed round-robin."""
-    import io
-
-    from ..artifacts.artifact import TensorSpec
+    """Fastest of 12 runs of one 3×3 conv + ReLU at each output width, timed by the bench's interleaved timer
+    (each conv converted to ONNX the way the harness runs a torch model on an ONNX backend)."""
     from ..backends import get_runner_class
+    from ..harness.check import runnable
 
-    timers = {}
+    cls = get_runner_class(backend)
+    feeds = {"input": np.random.default_rng(0).standard_normal((batch, 128, side, side)).astype(np.float32)}
+    timers = []
     with contextlib.ExitStack() as stack:
         for w in widths:
             conv = nn.Sequential(nn.Conv2d(128, w, 3, padding=1), nn.ReLU()).eval()
-            x = torch.zeros(batch, 128, side, side)
-            cls = get_runner_class(backend)
-            spec = TensorSpec("input", (batch, 128, side, side), np.float32)
-            if cls.artifact_kind == "torch":
-                art = Artifact(f"conv{w}", "torch", [spec], module=conv, example_shapes=[tuple(x.shape)])
-            else:
-                buf = io.BytesIO()
-                torch.onnx.export(conv, (x,), buf, input_names=["input"], output_names=["output"], opset_version=17,
-                                  dynamo=False)
-                folder = Path(stack.enter_context(__import__("tempfile").TemporaryDirectory(prefix="deploy-rt-")))
-                file = folder / "conv.onnx"
-                file.write_bytes(buf.getvalue())
-                from ..artifacts.spec import load_onnx_artifact
-
-                art = load_onnx_artifact(file)
+            art = Artifact(f"conv{w}", "torch", [TensorSpec("input", ("batch", 128, side, side))], module=conv,
+                           example_shapes=[(batch, 128, side, side)])
+            art, _ = runnable(art, backend, stack)
             runner = stack.enter_context(cls(art, threads=threads, allow_spinning=False))
-            timers[w] = runner.timer({"input": np.random.default_rng(0).standard_normal(
-                (batch, 128, side, side)).astype(np.float32)})
-        for t in timers.values():
-            for _ in range(3):
-                t()
-        times: dict[int, list[float]] = {w: [] for w in widths}
-        for _ in range(12):
-            for w, t in timers.items():
-                times[w].append(t())
-    return {w: float(np.min(v)) for w, v in times.items()}  # the least disturbed run: a shared machine adds only delays
+            timers.append(runner.timer(feeds))
+        for timer in timers:
+            warm_up(timer, Warmup(runs=3))
+        times, _ = interleave(timers, WIDTH_TIMING)
+    return {w: float(np.min(t)) for w, t in zip(widths, times)}  # the least disturbed run: a shared machine adds delays
 
 
 def default_finetune_epochs(samples: int) -> int:
