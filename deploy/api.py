@@ -348,7 +348,7 @@ def prune(model: Model, output: str | os.PathLike, *, ratio: float | None = None
         if not ok:
             raise MissingDependencyError(f"--backend {backend} unavailable here: {why} (or --no-measure with "
                                          f"--ratio/--macs)")
-    if not str(output).lower().endswith(".onnx"):
+    if output.suffix.lower() != ".onnx":
         raise BadInputError(f"-o {output}: give an .onnx path (the .safetensors goes beside it)")
     _preprocess(preprocess)
     guard([*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data)),

@@ -115,6 +115,16 @@ def _writable_folder(arg: PathArg) -> None:
     os.unlink(probe)
 
 
+def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None) -> Path:
+    """The one check of where a file will be written, before any work: the right suffix, not a folder, in an
+    existing folder this process can write in. Returns the path; raises :class:`BadInputError` naming ``flag``."""
+    path = Path(path)
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise BadInputError(f"{flag} {path}: the output file must end in {suffix}")
+    _writable_folder(PathArg(flag, path))
+    return path
+
+
 def check_paths(inputs: list[tuple[str, str | os.PathLike | None]],
                 outputs: list[tuple[str, str | os.PathLike | None]]) -> None:
     """Refuse, before any work, outputs that would overwrite an input or each other, or that cannot be written.
@@ -168,11 +178,7 @@ def jsonable(value: Any) -> Any:
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as JSON (see :func:`jsonable`) via a temporary file and a rename: never a half-written
     report. Values that are still not JSON (NaN cannot survive :func:`jsonable`) raise instead of writing."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise BadInputError(f"--json {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise BadInputError(f"--json {path}: is a folder; give a file name")
+    path = output_path(path, "--json")
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(jsonable(data), handle, indent=2, allow_nan=False)
         handle.write("\n")

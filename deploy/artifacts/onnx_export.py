@@ -26,6 +26,7 @@ import torch
 
 from ..errors import BadInputError, MissingDependencyError, first_line
 from .artifact import Artifact, name_outputs
+from .files import output_path
 
 TWO_GB = 2**31
 EXPORTERS = ("torchscript", "dynamo")
@@ -190,14 +191,7 @@ def save_onnx(model, path: Path) -> bool:
 
 def onnx_output_path(output: str | os.PathLike) -> Path:
     """Validate where an .onnx file will be written, before any work is done."""
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise BadInputError(f"{output}: the output file must end in .onnx")
-    if not output.parent.exists():
-        raise BadInputError(f"{output}: folder {output.parent} does not exist")
-    if output.is_dir():
-        raise BadInputError(f"{output}: is a folder; give a file name")
-    return output
+    return output_path(output, "-o", ".onnx")
 
 
 def finalize(tmp_dir: Path, tmp_path: Path, output: Path) -> None:

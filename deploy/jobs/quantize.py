@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from ..artifacts.artifact import Artifact
+from ..artifacts.files import output_path
 from ..artifacts.onnx_export import finalize, onnx_output_path, save_onnx
 from ..backends.ort_graph import op_counts, round_trips
 from ..calib.data import DataSourceError, load_samples
@@ -386,9 +387,7 @@ def _validate(options: QuantizeOptions) -> None:
     if options.max_drop is not None and options.max_drop < 0:
         raise BadInputError(f"--max-drop {options.max_drop}: must be ≥ 0 (top-1 points)")
     if options.trt_cache is not None:
-        folder = Path(options.trt_cache).parent
-        if not folder.is_dir() or Path(options.trt_cache).is_dir():
-            raise BadInputError(f"--trt-cache {options.trt_cache}: give a file in an existing folder")
+        output_path(options.trt_cache, "--trt-cache")
 
 
 def _load_fp32(artifact: Artifact, tmp_dir: Path, say: Callable[[str], None]) -> onnx.ModelProto:
