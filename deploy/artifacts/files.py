@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,35 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class Staged:
+    """Where a job writes an output before it is proven: ``folder`` (scratch, beside the output) and ``path``
+    (the file, named as the output, inside it). :meth:`commit` moves the file — and its external ``.data``
+    beside it, if any — into place with a rename each."""
+
+    def __init__(self, output: Path, folder: Path):
+        self.output, self.folder, self.path = output, folder, folder / output.name
+
+    def commit(self) -> Path:
+        data = self.path.with_name(self.path.name + ".data")
+        if data.exists():
+            os.replace(data, self.output.with_name(self.output.name + ".data"))
+        os.replace(self.path, self.output)
+        return self.output
+
+
+@contextlib.contextmanager
+def staged_output(output: str | os.PathLike) -> Iterator[Staged]:
+    """The one way a job writes a model: into a scratch folder beside ``output`` (same file system: the final
+    move is a rename), committed only when the job says so; the folder and anything uncommitted are removed
+    when the block ends, whether it succeeded, failed its proof or raised."""
+    output = Path(output)
+    folder = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield Staged(output, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -194,14 +194,6 @@ def onnx_output_path(output: str | os.PathLike) -> Path:
     return output_path(output, "-o", ".onnx")
 
 
-def finalize(tmp_dir: Path, tmp_path: Path, output: Path) -> None:
-    """Move a finished file (and its external data) into place atomically."""
-    data = tmp_path.with_name(tmp_path.name + ".data")
-    if data.exists():
-        os.replace(data, output.with_name(output.name + ".data"))
-    os.replace(tmp_path, output)
-
-
 def convert_to_onnx(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path, *, label: str,
                     in_names: list[str], out_names: list[str], opset: int = 17,
                     axes: dict[str, dict[int, str]] | None = None, simplify: bool = True,

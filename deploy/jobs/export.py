@@ -8,17 +8,14 @@ temporary folder beside it and ends in an atomic rename.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..artifacts.artifact import Artifact
+from ..artifacts.files import staged_output
 from ..artifacts.onnx_export import (
     check_export_options,
     convert_artifact,
-    finalize,
     graph_stats,
     onnx_output_path,
     save_onnx,
@@ -158,9 +155,8 @@ def export_onnx(
     say = progress or (lambda _msg: None)
     if dynamic is None:
         dynamic = ("batch",) if dynamic_batch else ()
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        tmp_path = tmp_dir / output.name
+    with staged_output(output) as staged:
+        tmp_path = staged.path
         converted, axes = convert_artifact(artifact, tmp_path, opset=opset, dynamic=tuple(dynamic),
                                            simplify=simplify, exporter=exporter, progress=say)
         dynamic_batch = any(0 in d for d in axes.values())
@@ -178,13 +174,10 @@ def export_onnx(
                                            threads=threads)
             report.verify_seconds = time.perf_counter() - start
             if not report.check.passed:
-                raise CheckFailedError(report.check.summary() + f" — {output} not written", ) from None
-        finalize(tmp_dir, tmp_path, output)
+                error = CheckFailedError(report.check.summary() + f" — {output} not written")
+                error.report = report  # type: ignore[attr-defined]
+                raise error
+        staged.commit()
         report.file_bytes = output.stat().st_size
         return report
-    except CheckFailedError as err:
-        err.report = report  # type: ignore[attr-defined]
-        raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
 

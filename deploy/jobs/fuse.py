@@ -5,8 +5,6 @@ unless the proof passes."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,8 @@ from pathlib import Path
 import onnx
 
 from ..artifacts.artifact import Artifact
-from ..artifacts.onnx_export import finalize, onnx_output_path, save_onnx
+from ..artifacts.files import staged_output
+from ..artifacts.onnx_export import onnx_output_path, save_onnx
 from ..artifacts.spec import load_onnx_artifact
 from ..errors import BadInputError, CheckFailedError
 from ..harness.check import check_artifacts
@@ -111,8 +110,8 @@ def fuse_artifact(
     infos = [pass_core.get_pass(n) for n in passes]
     reports: list[dict] = []
     notes: list[str] = []
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_output(output) as staged:
+        tmp_dir = staged.folder
         if artifact.kind == "torch":
             say("exporting the original for comparison")
             before_model = _export_to(artifact, tmp_dir, "original.onnx", opset, dynamic)
@@ -139,7 +138,7 @@ def fuse_artifact(
             model = result.model
             reports.append({**result.report.to_dict(), "stage": "onnx"})
         onnx.checker.check_model(model)
-        tmp_path = tmp_dir / output.name
+        tmp_path = staged.path
         save_onnx(model, tmp_path)
         report = FuseReport(artifact.label, str(output), reports, before, graph_counts(model), None,
                             time.perf_counter() - start, notes)
@@ -153,8 +152,6 @@ def fuse_artifact(
                 error = CheckFailedError(report.check.summary() + f" — {output} not written")
                 error.report = report  # type: ignore[attr-defined]
                 raise error
-        finalize(tmp_dir, tmp_path, output)
+        staged.commit()
         report.seconds = time.perf_counter() - start
         return report
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)

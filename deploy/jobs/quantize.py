@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -24,8 +22,8 @@ import numpy as np
 import onnx
 
 from ..artifacts.artifact import Artifact
-from ..artifacts.files import output_path
-from ..artifacts.onnx_export import finalize, onnx_output_path, save_onnx
+from ..artifacts.files import output_path, staged_output
+from ..artifacts.onnx_export import onnx_output_path, save_onnx
 from ..backends.ort_graph import op_counts, round_trips
 from ..calib.data import DataSourceError, load_samples
 from ..calib.observers import METHODS, collect_histograms, compute_ranges
@@ -458,54 +456,59 @@ def quantize_artifact(
         if options.batch not in (None, fixed):
             raise BadInputError(f"--run-batch {options.batch}: {artifact.label} fixes the batch at {fixed}")
         options = replace(options, batch=fixed, fixed_batch=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        fp32 = _load_fp32(artifact, tmp_dir, say)
-        folds = fold_shape_constants(fp32)  # exact: Reshape(bias, shape) and the like, as ONNX Runtime folds them
-        if any(n.op_type in ("BatchNormalization", *AFFINE_OPS) for n in fp32.graph.node):
-            folded = onnx_fuse_bn(fp32)  # exact: BN and constant per-channel scale/shift into the layers
-            fp32, folds = folded.model, folds + len(folded.report.sites)
-        swish = onnx_fuse_hardswish(fp32)  # exact: x·clip(x + 3, 0, 6)/6 as one HardSwish (one float island)
-        fp32 = swish.model
-        input_name = fp32.graph.input[0].name
-        shape = artifact.input_shape
-        report = QuantizeReport(artifact.label, str(output), options.precision, options.target, options.method,
-                                options.method, options.calib, options.eval_data or options.calib,
-                                options.samples, options.eval_samples)
-        if folds:
-            report.notes.append(f"{folds} constant shape op(s), BatchNormalization and constant per-channel scale or "
-                                f"shift node(s) folded first (exact, as ONNX Runtime and deploy fuse do)")
-        if swish.report.sites:
-            report.notes.append(f"{len(swish.report.sites)} HardSwish written as Add/Clip/Mul/Div (or HardSigmoid/"
-                                f"Mul) rewritten as the one HardSwish op first (exact; int8 and its timing are "
-                                f"against this graph in float)")
-        report.nodes_before = len(fp32.graph.node)
-        report.bytes_before = fp32.ByteSize()
-        if options.precision == "fp16":
-            model, table = _fp16(fp32, options, report, input_name, shape, say), None
-        else:
-            model, table = _int8(fp32, options, report, input_name, shape, say)
-        report.nodes_after = len(model.graph.node)
-        tmp_path = tmp_dir / output.name
-        save_onnx(model, tmp_path)
-        report.bytes_after = tmp_path.stat().st_size
-        if not report.accepted and not options.keep_failed:
-            report.seconds["total"] = time.perf_counter() - start
-            return report
-        finalize(tmp_dir, tmp_path, output)
-        report.written = True
-        if table is not None:
-            report.table_path = str(table_path_for(output))
-            table.save(report.table_path)
-            if options.trt_cache is not None:
-                write_trt_cache(table, options.trt_cache)
-                report.trt_cache = str(options.trt_cache)
-        report.seconds["total"] = time.perf_counter() - start
-        return report
+        with staged_output(output) as staged:
+            return _quantize_staged(artifact, output, options, staged, start, say)
     except QuantizeError as err:
         raise BadInputError(f"{artifact.label}: {err}") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _quantize_staged(artifact: Artifact, output: Path, options: QuantizeOptions, staged, start: float,
+                     say: Callable[[str], None]) -> QuantizeReport:
+    """The quantization itself, writing into ``staged`` (committed only when the result is accepted)."""
+    tmp_dir = staged.folder
+    fp32 = _load_fp32(artifact, tmp_dir, say)
+    folds = fold_shape_constants(fp32)  # exact: Reshape(bias, shape) and the like, as ONNX Runtime folds them
+    if any(n.op_type in ("BatchNormalization", *AFFINE_OPS) for n in fp32.graph.node):
+        folded = onnx_fuse_bn(fp32)  # exact: BN and constant per-channel scale/shift into the layers
+        fp32, folds = folded.model, folds + len(folded.report.sites)
+    swish = onnx_fuse_hardswish(fp32)  # exact: x·clip(x + 3, 0, 6)/6 as one HardSwish (one float island)
+    fp32 = swish.model
+    input_name = fp32.graph.input[0].name
+    shape = artifact.input_shape
+    report = QuantizeReport(artifact.label, str(output), options.precision, options.target, options.method,
+                            options.method, options.calib, options.eval_data or options.calib,
+                            options.samples, options.eval_samples)
+    if folds:
+        report.notes.append(f"{folds} constant shape op(s), BatchNormalization and constant per-channel scale or "
+                            f"shift node(s) folded first (exact, as ONNX Runtime and deploy fuse do)")
+    if swish.report.sites:
+        report.notes.append(f"{len(swish.report.sites)} HardSwish written as Add/Clip/Mul/Div (or HardSigmoid/"
+                            f"Mul) rewritten as the one HardSwish op first (exact; int8 and its timing are "
+                            f"against this graph in float)")
+    report.nodes_before = len(fp32.graph.node)
+    report.bytes_before = fp32.ByteSize()
+    if options.precision == "fp16":
+        model, table = _fp16(fp32, options, report, input_name, shape, say), None
+    else:
+        model, table = _int8(fp32, options, report, input_name, shape, say)
+    report.nodes_after = len(model.graph.node)
+    tmp_path = staged.path
+    save_onnx(model, tmp_path)
+    report.bytes_after = tmp_path.stat().st_size
+    if not report.accepted and not options.keep_failed:
+        report.seconds["total"] = time.perf_counter() - start
+        return report
+    staged.commit()
+    report.written = True
+    if table is not None:
+        report.table_path = str(table_path_for(output))
+        table.save(report.table_path)
+        if options.trt_cache is not None:
+            write_trt_cache(table, options.trt_cache)
+            report.trt_cache = str(options.trt_cache)
+    report.seconds["total"] = time.perf_counter() - start
+    return report
 
 
 def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeReport, input_name: str, shape,
