@@ -31,6 +31,7 @@ from torch import nn
 from .artifacts.artifact import Artifact
 from .artifacts.engine_record import read_sidecar, sidecar_path
 from .artifacts.files import check_paths
+from .artifacts.inputs import adopt_stored_preprocess
 from .artifacts.spec import (
     is_engine_spec,
     is_onnx_spec,
@@ -39,7 +40,7 @@ from .artifacts.spec import (
     parse_shapes,
     split_call,
 )
-from .calib.data import DataSourceError, PreprocessSpec, current_preprocess, make_preprocess_spec, set_preprocess
+from .calib.data import DataSourceError, make_preprocess_spec, set_preprocess
 from .environment import default_threads
 from .errors import BadInputError, MissingDependencyError
 
@@ -198,17 +199,8 @@ def preprocessing(preprocess: str | None = None, mean=None, std=None, scale: flo
 
 
 def _adopt_preprocess(artifact: Artifact) -> None:
-    stored = artifact.preprocess
-    if stored is None or current().explicit_preprocess:
-        return
-    try:
-        spec = PreprocessSpec.from_json(stored)
-    except (ValueError, KeyError, TypeError):
-        current().notify(f"note: {artifact.label}: its stored preprocessing is unreadable; using the default")
-        return
-    if current_preprocess() is None:
-        set_preprocess(spec)
-        current().notify(f"note: preprocessing {spec.describe()}, as stored in {artifact.label}")
+    if not current().explicit_preprocess:  # flags given to this call win over a file's stored preprocessing
+        adopt_stored_preprocess(artifact, current().notify)
 
 
 def resolve_threads(threads: int | None) -> int:

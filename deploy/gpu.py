@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
-from .errors import MissingDependencyError
+from .errors import MissingDependencyError, first_line
 
 SUPPORTED_TENSORRT = (10, 11)  # the API majors deploy/backends/trt_build.py and the trt runner are written to
 INSTALL_TRT = "pip install '.[trt]' (tensorrt, pycuda) on a machine with an NVIDIA GPU and driver"
@@ -58,7 +58,7 @@ def tensorrt_error() -> str:
     try:
         importlib.import_module("tensorrt")
     except Exception as err:  # noqa: BLE001 - any import failure is the answer we want
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err)
         return f"tensorrt not importable ({text[:160]})"
     return ""
 

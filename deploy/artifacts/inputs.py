@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..calib.data import DataSourceError, load_samples
+from ..calib.data import DataSourceError, PreprocessSpec, current_preprocess, load_samples, set_preprocess
 from ..errors import BadInputError
-from .artifact import TensorSpec
+from .artifact import Artifact, TensorSpec
 
 
 @dataclass
@@ -92,3 +93,20 @@ def make_feeds(
         source = f"{samples} seeded random inputs (seed {seed})"
     batches = [{k: v[i:i + batch] for k, v in arrays.items()} for i in range(0, samples, batch)]
     return Feeds(batches, source, samples)
+
+
+def adopt_stored_preprocess(artifact: Artifact, notify: Callable[[str], None]) -> PreprocessSpec | None:
+    """The preprocessing stored in an ONNX file deploy wrote (its metadata), made the current one when none
+    is set, so later verbs read the same images the same way without the flags again. ``notify`` hears what
+    happened (adopted, or unreadable and ignored). Returns the stored spec, or None."""
+    if artifact.preprocess is None:
+        return None
+    try:
+        spec = PreprocessSpec.from_json(artifact.preprocess)
+    except (ValueError, KeyError, TypeError):
+        notify(f"note: {artifact.label}: its stored preprocessing is unreadable; using the default")
+        return None
+    if current_preprocess() is None:
+        set_preprocess(spec)
+        notify(f"note: preprocessing {spec.describe()}, as stored in {artifact.label}")
+    return spec

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 
 MIN_OPSET = 13
 _FOLDER: list[Path] = []
@@ -99,7 +99,7 @@ def upgrade(model, target: int):
     try:
         return version_converter.convert_version(model, target)
     except Exception as err:  # the converter raises plain RuntimeError/ValueError with its reason
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err)
         raise BadInputError(f"cannot upgrade opset {default_opset(model)} → {target}: {text[:200]}") from None
 
 
@@ -169,7 +169,7 @@ def verify_same(original, changed, where: str, shapes: dict | None = None) -> st
     except BadInputError as err:
         raise BadInputError(f"{where}: {err}") from None
     except Exception as err:  # onnxruntime's own exception types
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err)
         raise BadInputError(f"{where}: ONNX Runtime cannot run it to check the normalization: {text[:200]}") from None
     worst = 0.0
     for a, b in zip(before, after):

@@ -36,6 +36,10 @@ from ..errors import BadInputError, MissingDependencyError, first_line
 from ..models import UnknownModelError, create_model, get_model_entry, list_models
 from .artifact import Artifact, TensorSpec
 
+# the pruning record a pruned checkpoint carries in its safetensors metadata (written by `deploy prune`)
+RECORD_KEY = "deploy.pruning"
+PREPARED_KEY = "deploy.prepared"
+
 TORCH_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
@@ -275,7 +279,7 @@ def load_onnx_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes 
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(model)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise BadInputError(f"{path}: not a valid ONNX file (truncated or corrupt?): {reason[:200]}") from None
     source, notes = path, [f"ONNX file {path}"]
     from .normalize import needs_normalizing, normalize_onnx
@@ -465,7 +469,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise BadInputError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
                                 f"{' '.join(detail)[:160]}") from None
         except Exception as err:
-            detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            detail = first_line(err)[:160]
             raise BadInputError(f"{path}: not a readable checkpoint (truncated or corrupt?): {detail}") from None
     else:
         raise BadInputError(f"{path}: unknown weights format '{suffix}'; use .pt/.pth/.bin/.ckpt or .safetensors")
@@ -530,9 +534,9 @@ def pruning_metadata(path: str | os.PathLike) -> tuple[str, list[str]] | None:
             meta = f.metadata() or {}
     except Exception:
         return None
-    if "deploy.pruning" not in meta:
+    if RECORD_KEY not in meta:
         return None
-    return meta["deploy.pruning"], json.loads(meta.get("deploy.prepared", "[]"))
+    return meta[RECORD_KEY], json.loads(meta.get(PREPARED_KEY, "[]"))
 
 
 def replay_pruning(module: nn.Module, path: str | os.PathLike) -> tuple[nn.Module, bool]:

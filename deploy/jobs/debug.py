@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, first_line
 from ..harness.compare import OutputDiff, Tolerance, diff_output, tolerance_for
 from ..ort import cpu_session, optimized_op_counts
-from ..passes.qdq import with_outputs
+from ..passes.qdq import WEIGHTED_OPS, with_outputs
 from ..reporting import Report
 
 REF_SUFFIX = "__deploy_ref"
@@ -410,7 +410,7 @@ def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], pr
         try:
             results = session.run(outputs, feeds)
         except Exception as err:  # onnxruntime's own exception types: wrong shapes, a kernel failing
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            text = first_line(err)
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items() if not k.endswith(REF_SUFFIX))
             raise BadInputError(f"ONNX Runtime fails on inputs {shapes}: {text[:200]}") from None
         for name, value in zip(outputs, results):
@@ -599,7 +599,6 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
                     "batches": batches, "types_b": types_b}
 
 
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
 def _merge_dims(spec, other):

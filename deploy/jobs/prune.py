@@ -21,15 +21,13 @@ import torch
 from ..artifacts.artifact import Artifact
 from ..artifacts.files import atomic_path
 from ..artifacts.inputs import make_feeds
-from ..artifacts.spec import pruning_metadata
+from ..artifacts.spec import PREPARED_KEY, RECORD_KEY, pruning_metadata
 from ..errors import BadInputError, CheckFailedError
 from ..passes.prune import PruneRecord, compose
 from ..reporting import Report
 from .prune_search import PruneOutcome, Pruner, PruneSettings, default_finetune_epochs
 from .recovery import DistillConfig, accuracy, agreement, distill, output_sqnr, recalibrate_bn
 
-RECORD_KEY = "deploy.pruning"
-PREPARED_KEY = "deploy.prepared"
 MODEL_KEY = "deploy.model"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..artifacts.files import sha256_file
 from ..backends.ort_graph import round_trips_text
-from ..errors import DeployError, internal_error_text
+from ..errors import DeployError, first_line, internal_error_text
 from ..harness.heldout import Budget
 from .certify import Certificate
 
@@ -240,7 +240,7 @@ def attempt(build: Callable[[], Candidate], name: str, precision: str, parent: s
     try:
         return build()
     except DeployError as error:
-        return not_built(name, precision, parent, (str(error).strip().splitlines() or [type(error).__name__])[0][:300])
+        return not_built(name, precision, parent, first_line(error))
     except Exception as error:  # a bug or a library failure in one candidate: said, not fatal to the others
         if os.environ.get("DEPLOY_DEBUG"):
             raise

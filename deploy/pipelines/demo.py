@@ -24,7 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..errors import EXIT_CHECK_FAILED, EXIT_INTERNAL, EXIT_OK, BadInputError, DeployError, internal_error_text
+from ..errors import (
+    EXIT_CHECK_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    BadInputError,
+    DeployError,
+    first_line,
+    internal_error_text,
+)
 from .demo_index import shipped, write_index
 from .run import PipelineOptions, PipelineReport, run_pipeline
 
@@ -359,7 +367,7 @@ def _stored_preprocess(artifact, tell):
 
 
 def _line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return first_line(error)
 
 
 def _internal(error: BaseException) -> str:

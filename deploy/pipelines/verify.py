@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..artifacts.files import sha256_file, write_text_atomic
+from ..artifacts.inputs import adopt_stored_preprocess
+from ..artifacts.spec import load_onnx_artifact
+from ..calib.data import set_preprocess
 from ..errors import BadInputError
 from ..harness.heldout import Budget
 from ..reporting import Report
@@ -92,19 +95,6 @@ def _held_out_source(record: dict, folder: Path, override: str | None) -> str:
                         f"give it with --data")
 
 
-def _adopt_preprocess(reference: Path) -> None:
-    """The preprocessing the pipeline ran with is stored in its files: use it for the photos again."""
-    from ..artifacts.spec import load_onnx_artifact
-    from ..calib.data import PreprocessSpec, set_preprocess
-
-    stored = getattr(load_onnx_artifact(reference), "preprocess", None)
-    if stored:
-        try:
-            set_preprocess(PreprocessSpec.from_json(stored))
-        except (ValueError, KeyError, TypeError):
-            pass
-
-
 def verify_manifest(path: str | Path, options: VerifyOptions, say=None) -> VerifyReport:
     from ..calib.data import DataSourceError, load_samples
     from .run import check_backends, time_candidates
@@ -140,7 +130,9 @@ def verify_manifest(path: str | Path, options: VerifyOptions, say=None) -> Verif
     if reference is None or not (folder / reference["file"]).is_file():
         raise BadInputError(f"{manifest_path}: its reference {manifest['reference']} file is missing; nothing can "
                             f"be certified against it")
-    _adopt_preprocess(folder / reference["file"])
+    set_preprocess(None)  # the images are read as the pipeline read them: its files store how
+    adopt_stored_preprocess(load_onnx_artifact(folder / reference["file"]),
+                            lambda text: notes.append(text.removeprefix("note: ")))
     held_record = manifest["data"]["held_out"]
     source = _held_out_source(held_record, folder, options.data)
     if options.data is None and held_record.get("sha256") and Path(source).is_file():
