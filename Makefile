@@ -69,7 +69,7 @@ bench: setup
 # Int8 (and fp16) artifacts: fp32 export, `deploy quantize` (auto, ort-cpu; --allow-poor: this target times the
 # int8 file, and a POOR last line says when it misses deploy check's int8 preset), then fp32 vs int8 interleaved on
 # ort-cpu. fp16 files are written and scored but not timed: ONNX Runtime's CPU provider has no float16
-# Conv/Gemm kernels and computes them in float32 (see README).
+# Conv/Gemm kernels and computes them in float32 (see docs/quantize.md).
 INT8_MODELS ?= resnet18 resnet50 mobilenet_v2
 bench-int8: setup
 	mkdir -p $(BENCH_OUT)
