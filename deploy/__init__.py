@@ -10,8 +10,23 @@ Heavy optional dependencies (tensorrt, pycuda, CUDA) are imported only inside th
 """
 
 from ._version import __version__
-from .api import bench, build, check, debug, export, fuse, pipeline, prune, quantize, sweep, verify
 from .errors import BadInputError, CheckFailedError, DeployError, MissingDependencyError
 
-__all__ = ["BadInputError", "CheckFailedError", "DeployError", "MissingDependencyError", "__version__", "bench",
-           "build", "check", "debug", "export", "fuse", "pipeline", "prune", "quantize", "sweep", "verify"]
+VERBS = ("bench", "build", "check", "debug", "export", "fuse", "pipeline", "prune", "quantize", "sweep", "verify")
+__all__ = ["BadInputError", "CheckFailedError", "DeployError", "MissingDependencyError", "__version__", *VERBS]
+
+
+def __getattr__(name: str):
+    """The verbs load on first use (PEP 562): `import deploy` and `deploy --help` need not import torch."""
+    if name in VERBS or name == "api":
+        import importlib
+
+        api = importlib.import_module(f"{__name__}.api")  # not `from . import api`: that asks this hook again
+        value = api if name == "api" else getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'deploy' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *VERBS, "api"})

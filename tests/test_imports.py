@@ -174,3 +174,15 @@ def test_few_modules_loose_at_the_top():
     for package in (p for p in (ROOT / "deploy").iterdir() if (p / "__init__.py").exists()):
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
         assert len(doc) > 80 and "import" in doc, f"{package.name}/__init__.py: say what it holds and may import"
+
+
+def test_import_deploy_and_help_do_not_load_torch(tmp_path):
+    """`import deploy` and `deploy --help` stay quick: the verbs (and torch) load when one is first used."""
+    code = ("import sys\nimport deploy\nfrom deploy.cli import app\nfrom typer.testing import CliRunner\n"
+            "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
+            "assert CliRunner().invoke(app, ['quantize', '--help']).exit_code == 0\n"
+            "print('torch' in sys.modules)\n"
+            "deploy.export\nprint('torch' in sys.modules)\n")
+    done = run_python(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

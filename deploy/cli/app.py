@@ -16,9 +16,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .. import api
 from .._version import __version__
 from ..errors import EXIT_BAD_INPUT, EXIT_INTERNAL, CheckFailedError, DeployError, internal_error_text
+
+
+class _LazyApi:
+    """:mod:`deploy.api`, imported when a verb first uses it, so `deploy --help` does not load torch (1.2 s)."""
+
+    def __getattr__(self, name: str):
+        from .. import api as module
+
+        return getattr(module, name)
+
+
+api = _LazyApi()
 
 app = typer.Typer(
     name="deploy",
@@ -90,11 +101,24 @@ def verb(**command_options):
 
 
 # --- inputs and outputs: the API's steps (one home), a spinner around loading -----------------------------
-spec_inputs = api.spec_inputs
-data_file = api.data_file
-guard = api.guard
-resolve_threads = api.resolve_threads
-data_arg = api.data_arg
+def spec_inputs(role, spec):
+    return api.spec_inputs(role, spec)
+
+
+def data_file(data):
+    return api.data_file(data)
+
+
+def guard(inputs, outputs) -> None:
+    api.guard(inputs, outputs)
+
+
+def resolve_threads(threads):
+    return api.resolve_threads(threads)
+
+
+def data_arg(data, artifact):
+    return api.data_arg(data, artifact)
 
 
 def preprocessing(preset, mean, std, scale, bgr, fit, layout, pad=None, anchor=None, interp=None) -> None:

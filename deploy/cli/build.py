@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .. import api as deploy_api
+from .app import api as deploy_api
 from .app import err, guard, out, verb, write_report
 from .options import Json, examples
 

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .. import api
 from ..errors import CheckFailedError
 from .app import (
+    api,
     err,
     guard,
     out,

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import api
 from ..errors import CheckFailedError
 from .app import (
+    api,
     err,
     guard,
     out,

@@ -9,8 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import api
-from .app import err, guard, out, resolve_threads, spec_inputs, verb, write_report
+from .app import api, err, guard, out, resolve_threads, spec_inputs, verb, write_report
 from .options import (
     DATA,
     Bgr,

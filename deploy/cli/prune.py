@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import api
-from .app import err, finish, guard, out, resolve_threads, verb
+from .app import api, err, finish, guard, out, resolve_threads, verb
 from .options import (
     Bgr,
     Data,

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .. import api
-from .app import err, guard, out, verb
+from .app import api, err, guard, out, verb
 from .options import Json, Threads, examples
 
 
