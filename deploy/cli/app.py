@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # help text is shown as written: a literal [matrix] stays (rich would eat it)
+    rich_markup_mode="rich",  # panels; every help text is escaped at registration (verb), so it shows as written
 )
 # Pipes and CI logs get wide tables instead of rich's 80-column default, so numbers are never cut.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
@@ -93,9 +94,32 @@ def handle_errors(fn):
     return wrapper
 
 
+_literal_done: set[int] = set()  # option objects shared by several verbs are escaped once
+
+
+def _literal(fn, command_options: dict) -> None:
+    """Escape rich markup in a verb's help texts (its options', its docstring, its epilog) so that a literal
+    ``[matrix]`` is shown as written instead of being taken for a style tag and dropped."""
+    from rich.markup import escape
+
+    hints = typing.get_type_hints(fn, include_extras=True)  # evaluated once: typer then reads these objects
+    for hint in hints.values():
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, typer.models.ParameterInfo) and meta.help and id(meta) not in _literal_done:
+                meta.help = escape(meta.help)
+                _literal_done.add(id(meta))
+    fn.__annotations__ = hints
+    if fn.__doc__:
+        fn.__doc__ = escape(fn.__doc__)
+    if command_options.get("epilog"):
+        command_options["epilog"] = escape(command_options["epilog"])
+
+
 def verb(**command_options):
-    """``@verb(epilog=…)``: register a function as a verb, with the shared error handling."""
+    """``@verb(epilog=…)``: register a function as a verb, with the shared error handling; its help texts
+    are shown as written."""
     def register(fn):
+        _literal(fn, command_options)
         return app.command(**command_options)(handle_errors(fn))
     return register
 

@@ -118,6 +118,6 @@ def renamed(new_value, old_value, old: str, default=None):
 
 
 def examples(*lines: str) -> str:
-    """A verb's help epilog: two or three commands a user can copy, one per line (click's \\b keeps the
-    paragraph as written instead of re-wrapping it)."""
-    return "Examples:\n\n\b\n" + "\n".join(f"  $ {line}" for line in lines)
+    """A verb's help epilog: two or three commands a user can copy (one paragraph each, so rich keeps the
+    lines apart)."""
+    return "Examples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
