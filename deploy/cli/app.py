@@ -129,24 +129,12 @@ def spec_inputs(role, spec):
     return api.spec_inputs(role, spec)
 
 
-def data_file(data):
-    return api.data_file(data)
-
-
 def guard(inputs, outputs) -> None:
     api.guard(inputs, outputs)
 
 
 def resolve_threads(threads):
     return api.resolve_threads(threads)
-
-
-def data_arg(data, artifact):
-    return api.data_arg(data, artifact)
-
-
-def preprocessing(preset, mean, std, scale, bgr, fit, layout, pad=None, anchor=None, interp=None) -> None:
-    api.preprocessing(preset, mean, std, scale, bgr, fit, layout, pad, anchor, interp)
 
 
 def load(spec: str, weights: str | None = None, shape: list[str] | None = None, engines: bool = False):
