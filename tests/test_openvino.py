@@ -1,0 +1,54 @@
+"""The ov-cpu backend: OpenVINO's CPU plugin runs our ONNX files — fp32 files computing what they say (not bf16),
+our int8 Q/DQ files on its int8 kernels — through the same runner contract, check and bench."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import deploy
+from deploy.backends import backend_status, get_runner_class
+
+pytest.importorskip("openvino", reason="openvino is pinned in requirements.lock; this venv lacks it")
+
+
+def test_ov_cpu_is_listed_and_available():
+    status = {s.name: s for s in backend_status()}
+    assert status["ov-cpu"].available, status["ov-cpu"].detail
+    assert status["ov-cpu"].runs == "onnx" and status["ov-cpu"].detail.startswith("openvino ")
+
+
+def test_an_fp32_file_computes_in_fp32_on_ov_cpu(cli, tiny_onnx):
+    """Equal to ONNX Runtime within deploy check's fp32 preset (max rel 1e-5): the plugin's bf16 default is off."""
+    result = cli("check", tiny_onnx, tiny_onnx, "--backend-b", "ov-cpu", "--samples", "4")
+    assert result.exit_code == 0, result.output
+    assert "(ov-cpu)" in result.output and result.output.strip().splitlines()[-1].startswith("PASSED")
+
+
+def test_dynamic_batch_and_named_outputs(tiny_onnx):
+    artifact = deploy.api.load(str(tiny_onnx))
+    rng = np.random.default_rng(0)
+    with get_runner_class("ov-cpu")(artifact, threads=1) as ov, get_runner_class("ort-cpu")(artifact, threads=1) as ort:
+        for batch in (1, 3):
+            feeds = {artifact.inputs[0].name: rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)}
+            a, b = ort.infer(feeds), ov.infer(feeds)
+            assert list(a) == list(b)
+            for name in a:
+                assert b[name].shape == a[name].shape
+                assert np.abs(b[name] - a[name]).max() <= 1e-5 * np.abs(a[name]).max()
+
+
+def test_our_int8_file_runs_and_is_judged_on_ov_cpu(cli, tiny_onnx, tmp_path):
+    int8 = tmp_path / "t.int8.onnx"
+    done = cli("quantize", tiny_onnx, "-o", int8, "--samples", "32", "--eval-samples", "16", "--allow-poor")
+    assert done.exit_code == 0 and int8.is_file(), done.output
+    checked = deploy.check(str(tiny_onnx), str(int8), backend_b="ov-cpu", precision="int8", samples=8)
+    assert checked.backend_candidate == "ov-cpu" and checked.worst().cosine > 0.9
+    report = tmp_path / "bench.json"
+    timed = cli("bench", tiny_onnx, int8, "--backend", "ort-cpu,ov-cpu", "--min-time", "0.2", "--min-runs", "5",
+                "--memory", "off", "--json", report)
+    assert timed.exit_code == 0, timed.output
+    labels = [r["label"] for r in json.loads(report.read_text())["results"]]
+    assert len(labels) == 4 and sum("@ ov-cpu" in label for label in labels) == 2
