@@ -52,3 +52,23 @@ def test_our_int8_file_runs_and_is_judged_on_ov_cpu(cli, tiny_onnx, tmp_path):
     assert timed.exit_code == 0, timed.output
     labels = [r["label"] for r in json.loads(report.read_text())["results"]]
     assert len(labels) == 4 and sum("@ ov-cpu" in label for label in labels) == 2
+
+
+def test_the_pipeline_chooses_per_cpu_runtime_and_verify_times_both(cli, tmp_path):
+    """ort-cpu and ov-cpu side by side: one set of certified files, timed on each, a choice for each."""
+    out = tmp_path / "pipe"
+    done = cli("pipeline", "tiny-resnet", "-o", out, "--backend", "ort-cpu,ov-cpu", "--max-drop", "10",
+               "--prune-latency", "none", "--samples", "32", "--eval-samples", "16", "--min-time", "0.3")
+    assert done.exit_code == 0, done.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert set(m["choices"]) == {"ort-cpu", "ov-cpu"}
+    for backend in ("ort-cpu", "ov-cpu"):
+        results = m["latency"][backend]["results"]
+        assert {"fp32", "fused", "int8"} <= set(results) and results["fp32"]["ratio"] == 1.0
+    int8 = next(c for c in m["candidates"] if c["name"] == "int8")
+    assert int8["built"] and {"ort-cpu", "ov-cpu"} <= set(int8["backends"])
+    page = (out / "report.html").read_text()
+    assert "ov-cpu" in page and "ort-cpu" in page
+    proof = cli("verify", out / "manifest.json", "--min-time", "0.2", "--max-slowdown", "1.0")
+    assert proof.exit_code == 0, proof.output
+    assert "ov-cpu" in proof.output
