@@ -34,6 +34,7 @@ from .artifacts.files import check_paths
 from .artifacts.inputs import adopt_stored_preprocess
 from .artifacts.spec import (
     is_engine_spec,
+    is_ir_spec,
     is_onnx_spec,
     load_artifact,
     module_artifact,
@@ -111,6 +112,8 @@ def spec_inputs(role: str, spec: Model | None) -> list[tuple[str, str | None]]:
         return [(role, spec)]
     if is_engine_spec(spec):
         return [(role, spec), (f"{role} record", str(sidecar_path(spec)))]
+    if is_ir_spec(spec):
+        return [(role, spec), (f"{role} weights", str(Path(spec).with_suffix(".bin")))]
     head, _ = split_call(spec)
     target = head.rpartition(":")[0]
     return [(role, spec)] + ([(f"{role} code", target)] if target.endswith(".py") else [])
@@ -147,7 +150,7 @@ def load(model: Model, weights: str | os.PathLike | None = None, shape: Shape = 
          progress: Progress = None) -> Artifact:
     """A model as an :class:`Artifact`; then the guarded outputs are checked again against the files it was
     read from (``pkg.module:factory`` names its source file only once imported). ``engines``: the verb takes a
-    TensorRT engine (check, bench); the others work on the ONNX an engine was built from."""
+    TensorRT engine or an OpenVINO IR (check, bench); the others work on the ONNX file it was made from."""
     if isinstance(model, Artifact):
         artifact = model
     elif isinstance(model, nn.Module):
@@ -163,6 +166,9 @@ def load(model: Model, weights: str | os.PathLike | None = None, shape: Shape = 
             source = read_sidecar(spec).onnx if Path(f"{spec}.json").is_file() else "the ONNX it was built from"
             raise BadInputError(f"{spec}: a TensorRT engine is a final artifact; {current().verb or 'this verb'} "
                                 f"works on {source} (check and bench run engines)")
+        if is_ir_spec(spec) and not engines:
+            raise BadInputError(f"{spec}: an OpenVINO IR is a final artifact; {current().verb or 'this verb'} works "
+                                f"on the ONNX file it was converted from (check and bench run IRs on ov-cpu)")
         if progress:
             progress(f"loading {spec}")
         artifact = load_artifact(spec, weights=None if weights is None else str(weights), shape=shapes_of(shape))

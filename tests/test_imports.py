@@ -93,7 +93,7 @@ LAYERS = (
     ("harness", ("deploy.harness",)),
     ("backends", ("deploy.backends",)),
     ("artifacts", ("deploy.artifacts",)),
-    ("machine", ("deploy.errors", "deploy._version", "deploy.environment", "deploy.gpu", "deploy.ort",
+    ("machine", ("deploy.errors", "deploy._version", "deploy.environment", "deploy.gpu", "deploy.ort", "deploy.ov",
                  "deploy.reporting")),
     ("leaves", ("deploy.passes", "deploy.models", "deploy.calib")),
 )

@@ -47,11 +47,12 @@ class Artifact:
     """A loaded model: a torch module or an ONNX file, with its input specs."""
 
     label: str  # what the user wrote (or a name for derived artifacts)
-    kind: str  # "torch", "onnx" or "engine" (a TensorRT engine with its deploy record)
+    kind: str  # "torch", "onnx", "engine" (a TensorRT engine with its deploy record) or "ir" (an OpenVINO IR)
     inputs: list[TensorSpec]
     module: nn.Module | None = None
     onnx_path: Path | None = None  # the file verbs read (an other exporter's file: its normalized copy)
     engine_path: Path | None = None
+    ir_path: Path | None = None  # an OpenVINO IR's .xml (its .bin beside it)
     source_path: Path | None = None  # the file the user named, when onnx_path is its normalized copy
     preprocess: str | None = None  # the preprocessing stored in an ONNX file's metadata (JSON), if any
     num_classes: int | None = None
@@ -76,6 +77,8 @@ class Artifact:
         found = [("model", self.source_path or self.onnx_path)] if self.onnx_path is not None else []
         if self.engine_path is not None:
             found.append(("engine", self.engine_path))
+        if self.ir_path is not None:
+            found.extend([("model", self.ir_path), ("weights", self.ir_path.with_suffix(".bin"))])
         if self.origin:
             if self.origin.get("file"):
                 found.append(("model code", Path(self.origin["file"])))

@@ -120,6 +120,47 @@ def is_engine_spec(spec: str) -> bool:
     return spec.lower().endswith(ENGINE_SUFFIXES)
 
 
+IR_SUFFIX = ".xml"
+
+
+def is_ir_spec(spec: str) -> bool:
+    """An OpenVINO IR (``model.xml`` with ``model.bin`` beside it)."""
+    return spec.lower().endswith(IR_SUFFIX)
+
+
+def load_ir_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes | None = None) -> Artifact:
+    """An OpenVINO IR: its inputs as OpenVINO reads them (loading needs openvino; running, the ov-cpu backend)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    if not path.with_suffix(".bin").is_file():
+        raise BadInputError(f"{path}: an OpenVINO IR needs its weights beside it ({path.with_suffix('.bin').name})")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BadInputError(f"{path}: reading an OpenVINO IR needs openvino (pip install openvino)") from None
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as err:  # not an IR OpenVINO can read
+        raise BadInputError(f"{path}: OpenVINO cannot read it: {first_line(err)}") from None
+    dtypes = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32, "u8": np.uint8, "i8": np.int8,
+              "boolean": np.bool_}
+    inputs = []
+    for port in model.inputs:
+        dims = tuple(d.get_length() if d.is_static else -1 for d in port.get_partial_shape())
+        inputs.append(TensorSpec(port.get_any_name(), dims, np.dtype(dtypes.get(port.get_element_type().get_type_name(),
+                                                                                 np.float32))))
+    if shape:
+        if len(shape) == 1 and None in shape:
+            shape = {inputs[0].name: shape[None]}
+        inputs = [_fill_dims(path, s, tuple(shape[s.name])) if s.name in shape else s for s in inputs]
+    outputs = model.outputs
+    last = outputs[0].get_partial_shape() if len(outputs) == 1 else None
+    num_classes = last[1].get_length() if last is not None and len(last) == 2 and last[1].is_static else None
+    return Artifact(str(path), "ir", inputs, ir_path=path, num_classes=num_classes,
+                    notes=[f"OpenVINO IR {path} (+ {path.with_suffix('.bin').name})"])
+
+
 def load_engine_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes | None = None) -> Artifact:
     """A TensorRT engine, described by the record `deploy build` wrote beside it (its inputs and profile):
     loading needs no TensorRT, running needs the trt backend."""
@@ -166,6 +207,10 @@ def load_artifact(
         if weights:
             raise BadInputError(f"{spec}: --weights applies to PyTorch models; an ONNX file carries its weights")
         return load_onnx_artifact(spec, shapes)
+    if is_ir_spec(spec):
+        if weights:
+            raise BadInputError(f"{spec}: --weights applies to PyTorch models; an IR carries its weights (.bin)")
+        return load_ir_artifact(spec, shapes)
     if is_engine_spec(spec):
         if weights:
             raise BadInputError(f"{spec}: --weights applies to PyTorch models; an engine carries its weights")

@@ -1,75 +1,69 @@
-"""OpenVINO's CPU plugin: ``ov-cpu`` (openvino is imported when the runner loads).
+"""OpenVINO's CPU plugin: ``ov-cpu``, and ``ov-cpu-bf16`` (its bf16 inference precision, where the CPU has it).
 
-It reads our ONNX files directly (``Core.read_model``), compiles them for the CPU with the thread count, a
-latency hint and f32 inference precision (the plugin's default is bf16 where the CPU has it, which changes what
-an fp32 file computes), and runs one infer request per call. A free batch dim stays dynamic (the CPU plugin compiles
-dynamic shapes); Q/DQ int8 files run on its int8 kernels as written.
+Both read our ONNX files directly and OpenVINO IRs (``.xml`` + ``.bin``); :mod:`deploy.ov` compiles them with the
+thread count, a performance hint (latency unless ``DEPLOY_OV_HINT=throughput``) and an inference precision. A free
+batch dim stays dynamic (the CPU plugin compiles dynamic shapes); Q/DQ int8 files run on its int8 kernels as
+written.
+
+``ov-cpu`` computes float layers in f32, so an fp32 file computes what it says (the plugin's own default on a bf16
+CPU is bf16). ``ov-cpu-bf16`` is that default made a choice: the same file, float layers in bf16 (AMX or
+AVX-512 BF16) — a different precision, judged by ``deploy check --precision bf16`` like any other.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from ..errors import BadInputError, MissingDependencyError, first_line
+from .. import ov
+from ..errors import BadInputError, MissingDependencyError
 from .base import Runner
 
-
-def cpu_capabilities() -> list[str]:
-    """What OpenVINO's CPU plugin says this CPU can run (FP32, INT8, BF16, FP16, …); empty without openvino."""
-    try:
-        import openvino as ov
-
-        return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception:  # not installed, or a plugin that cannot start here
-        return []
+HINT_ENV = "DEPLOY_OV_HINT"
 
 
 class OvRunner(Runner):
     artifact_kind = "onnx"
+    also_runs = ("ir",)
     name = "ov-cpu"
     device = "cpu"
+    precision = "f32"
+
+    def __init__(self, artifact, threads: int | None = None, allow_spinning: bool = True, hint: str | None = None):
+        super().__init__(artifact, threads, allow_spinning)
+        self.hint = hint or os.environ.get(HINT_ENV, "latency").strip().lower()
+        if self.hint not in ov.PERFORMANCE_HINTS:
+            raise BadInputError(f"{HINT_ENV}={self.hint}: choose from {', '.join(ov.PERFORMANCE_HINTS)}")
+        self.session: ov.OvSession | None = None
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        try:
-            import openvino as ov
-        except ImportError:
-            return False, "openvino is not installed (pip install openvino)"
-        try:
-            core = ov.Core()
-            if "CPU" not in core.available_devices:
-                return False, f"openvino {ov.__version__} has no CPU plugin here"
-        except Exception as err:  # the plugin failed to start
-            return False, f"openvino {ov.__version__}: {first_line(err)}"
-        capabilities = ", ".join(c for c in cpu_capabilities() if c in ("INT8", "BF16", "FP16"))
-        return True, f"openvino {ov.__version__.split('-')[0]} (CPU: {capabilities or 'FP32 only'})"
+        ok, detail = ov.available()
+        if ok and cls.precision != "f32":
+            supported, why = ov.precision_supported(cls.precision)
+            if not supported:
+                return False, why
+        return ok, detail
 
     def load(self) -> None:
         ok, why = self.available()
         if not ok:
             raise MissingDependencyError(f"{self.name} unavailable: {why}")
-        import openvino as ov
-
-        path = self.artifact.onnx_path
+        path = self.artifact.ir_path or self.artifact.onnx_path
         if path is None:
-            raise BadInputError(f"{self.artifact.label}: {self.name} needs an ONNX file; export it first")
-        # f32: on a CPU with bf16 the plugin would otherwise compute float layers in bf16 by default (measured:
-        # resnet18 at max rel 7.5e-3 against ONNX Runtime) — what the file says is what runs; bf16 is a choice
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = int(self.threads)
-        try:
-            core = ov.Core()
-            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-        except Exception as err:  # OpenVINO raises RuntimeError with its own messages
-            raise BadInputError(f"{path}: OpenVINO cannot compile it for the CPU: {first_line(err)}") from None
-        self.request = self.compiled.create_infer_request()
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+            raise BadInputError(f"{self.artifact.label}: {self.name} needs an ONNX file or an OpenVINO IR; export it "
+                                f"first")
+        self.session = ov.cpu_session(path, self.threads, self.hint, self.precision, label=str(path))
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def close(self) -> None:
-        self.request = None
-        self.compiled = None
+        self.session = None
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
-        return {name: np.array(results[output]) for name, output in zip(self.output_names, self.compiled.outputs)}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+
+class OvBf16Runner(OvRunner):
+    name = "ov-cpu-bf16"
+    precision = "bf16"

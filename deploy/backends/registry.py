@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from ..errors import BadInputError
 from .base import Runner
 from .ort_runner import OrtCudaRunner, OrtRunner
-from .ov_runner import OvRunner
+from .ov_runner import OvBf16Runner, OvRunner
 from .torch_runner import TorchCudaRunner, TorchRunner
 from .trt_runner import TrtRunner
 
 BACKENDS: dict[str, type[Runner]] = {
-    cls.name: cls for cls in (TorchRunner, OrtRunner, OvRunner, TorchCudaRunner, OrtCudaRunner, TrtRunner)
+    cls.name: cls for cls in (TorchRunner, OrtRunner, OvRunner, OvBf16Runner, TorchCudaRunner, OrtCudaRunner, TrtRunner)
 }
 
 

@@ -62,6 +62,7 @@ def quantize(
                       "percentile-99.999, entropy (TensorRT's KL), mse, or auto (all, from one histogram pass; "
                       "the best on held-out data is written).")] = "auto",
     target: Annotated[str, typer.Option(help="ort-cpu (uint8 activations: ONNX Runtime's fast x86 kernels), "
+                      "ov-cpu (OpenVINO's CPU plugin: uint8 activations, float bias; judged and timed on OpenVINO), "
                       "ort-cuda (int8 S8S8), trt (TensorRT explicit quantization: symmetric int8, zero point 0, "
                       "float bias).")] = "ort-cpu",
     keep_float: Annotated[str | None, typer.Option("--keep-float", help="Comma-separated nodes kept in float: "

@@ -283,7 +283,10 @@ def resolve_entries(specs: list[tuple[str, Artifact]], backends: list[str], stac
         for backend in backends:
             cls = get_runner_class(backend)
             if artifact.kind == "onnx" and cls.artifact_kind == "torch":
-                notes.append(f"{source} skipped on {backend}: an ONNX file runs on ort-* and trt backends")
+                notes.append(f"{source} skipped on {backend}: an ONNX file runs on ort-*, ov-* and trt backends")
+                continue
+            if artifact.kind == "ir" and artifact.kind not in cls.also_runs:
+                notes.append(f"{source} skipped on {backend}: an OpenVINO IR runs on ov-* only")
                 continue
             if artifact.kind == "engine" and artifact.kind not in cls.also_runs:
                 notes.append(f"{source} skipped on {backend}: a TensorRT engine runs on trt only")
@@ -296,8 +299,8 @@ def resolve_entries(specs: list[tuple[str, Artifact]], backends: list[str], stac
                 label = f"{label} #{seen[label]}"
             entries.append(Entry(label, converted, source, backend))
     if not entries:
-        raise BadInputError("no artifact can run on the chosen backends (ONNX files need ort-cpu, ort-cuda or trt; "
-                            "engines need trt)")
+        raise BadInputError("no artifact can run on the chosen backends (ONNX files need ort-cpu, ov-cpu, ort-cuda or "
+                            "trt; engines need trt; OpenVINO IRs need ov-cpu)")
     return entries
 
 

@@ -32,7 +32,7 @@ def _unoptimized_runs(artifact: Artifact, feeds: Feeds, threads: int | None) -> 
 
 
 def default_backend(artifact: Artifact) -> str:
-    return {"torch": "torch-cpu", "engine": "trt"}.get(artifact.kind, "ort-cpu")
+    return {"torch": "torch-cpu", "engine": "trt", "ir": "ov-cpu"}.get(artifact.kind, "ort-cpu")
 
 
 def runnable(artifact: Artifact, backend: str, stack: contextlib.ExitStack) -> tuple[Artifact, list[str]]:
@@ -43,9 +43,11 @@ def runnable(artifact: Artifact, backend: str, stack: contextlib.ExitStack) -> t
         return artifact, []
     if artifact.kind == "engine":
         raise BadInputError(f"{artifact.label}: a TensorRT engine runs on the trt backend only")
+    if artifact.kind == "ir":
+        raise BadInputError(f"{artifact.label}: an OpenVINO IR runs on ov-cpu (or ov-cpu-bf16) only")
     if artifact.kind == "onnx":
         raise BadInputError(f"{artifact.label}: {backend} runs PyTorch models; run ONNX files on ort-cpu, "
-                            f"ort-cuda or trt")
+                            f"ov-cpu, ort-cuda or trt")
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-")))
     path = folder / "model.onnx"
     convert_artifact(artifact, path)

@@ -101,6 +101,13 @@ def runs_as(ops: dict[str, int], trips: dict | None = None) -> str:
     return line
 
 
+def ov_runs_as(kernels: dict) -> str:
+    """What OpenVINO's CPU plugin compiled: integer vs float convolutions and matmuls (its runtime graph)."""
+    parts = [f"{kernels.get(k, 0)} {k}" for k in ("int8 convolutions", "float convolutions", "int8 matmuls",
+                                                   "float matmuls", "reorders") if kernels.get(k)]
+    return "OpenVINO CPU runs: " + (", ".join(parts) or "no convolution or matmul")
+
+
 def print_quantize(report, console: Console) -> None:
     """`deploy quantize`: the scored candidates, the sensitivity ranking, and what ONNX Runtime runs."""
     if report.scores:
@@ -161,13 +168,16 @@ def print_quantize(report, console: Console) -> None:
                           for name, c in pl["candidates"].items())
         console.print(f"placement {pl['chosen']}: int8 time over fp32 at batch {pl['batch']}, interleaved: {tried}",
                       markup=False)
-    if report.integer_kernels:
+    if report.integer_kernels and report.integer_kernels.get("runtime") == "ov-cpu":
+        console.print(ov_runs_as(report.integer_kernels), markup=False)
+    elif report.integer_kernels:
         console.print(runs_as(report.integer_kernels.get("ops", {}), report.integer_kernels.get("round_trips")),
                       markup=False)
     if report.latency:
         lat = report.latency
         verdict = ratio_verdict(lat["ratio"], lat.get("ratio_low", lat["ratio"]), lat.get("ratio_high", lat["ratio"]))
-        console.print(f"ONNX Runtime CPU, batch {lat['batch']}, interleaved ({lat['runs']} rounds): fp32 "
+        runtime = {"ov-cpu": "OpenVINO CPU"}.get(lat.get("runtime"), "ONNX Runtime CPU")
+        console.print(f"{runtime}, batch {lat['batch']}, interleaved ({lat['runs']} rounds): fp32 "
                       f"{lat['fp32_ms']:.2f} ms, int8 {lat['int8_ms']:.2f} ms — int8 {verdict}", markup=False)
     for note in report.notes:
         console.print(f"note: {note}", markup=False)

@@ -257,10 +257,13 @@ class _Judge(HeldOut):
     reference outputs: :class:`deploy.harness.heldout.HeldOut`, run through ONNX Runtime sessions."""
 
     def __init__(self, fp32: onnx.ModelProto | None, feeds: list[dict[str, np.ndarray]], labels: np.ndarray | None,
-                 threads: int | None, session=None, reference: tuple[str, np.ndarray] | None = None):
+                 threads: int | None, session=None, reference: tuple[str, np.ndarray] | None = None,
+                 runtime: str = "ort-cpu"):
         """``session``: an already loaded session that computes the fp32 output (the calibration one).
-        ``reference``: (output name, fp32 outputs on ``feeds``) already known: no fp32 model is run."""
-        self.feeds, self.threads = feeds, threads
+        ``reference``: (output name, fp32 outputs on ``feeds``) already known: no fp32 model is run.
+        ``runtime``: where candidates run ("ov-cpu": OpenVINO's CPU plugin, the target's own int8 kernels); the
+        fp32 reference always runs on ONNX Runtime, as the file's meaning."""
+        self.feeds, self.threads, self.runtime = feeds, threads, runtime
         if reference is not None:
             self.output, known = reference
             super().__init__(feeds, labels, reference=known)
@@ -276,7 +279,7 @@ class _Judge(HeldOut):
         return np.concatenate([run(f)[self.output] for f in self.feeds[:batches]])
 
     def session(self, model: onnx.ModelProto):
-        return cpu_session(model, self.threads)
+        return open_session(model, self.threads, self.runtime)
 
     def hardest(self, model: onnx.ModelProto, share: float) -> _Judge:
         """A judge on the held-out samples ``model`` gets most wrong (relative error ‖y − ŷ‖/‖y‖ of the mean-
@@ -296,7 +299,7 @@ class _Judge(HeldOut):
         joined = {k: np.concatenate([f[k] for f in self.feeds])[:n][chosen] for k in names}
         return _Judge(None, [{k: v[i:i + batch] for k, v in joined.items()} for i in range(0, count, batch)],
                       None if self.labels is None else self.labels[:n][chosen], self.threads,
-                      reference=(self.output, self.reference[:n][chosen]))
+                      reference=(self.output, self.reference[:n][chosen]), runtime=self.runtime)
 
     def score(self, model, label: str, batches: int | None = None) -> Score:
         """Judge a model (or a loaded session of one) on the held-out data, or on its first ``batches``."""
@@ -328,14 +331,27 @@ class _Judge(HeldOut):
 TIMING = BenchConfig(min_runs=20, min_time=0.6, max_time=6.0, gap=0.002)  # quantize's quick look: the bench's timer
 
 
+RUNTIME_NAMES = {"ort-cpu": "ONNX Runtime CPU", "ov-cpu": "OpenVINO CPU"}  # targets whose int8 file is timed here
+
+
+def open_session(model: onnx.ModelProto, threads: int | None, runtime: str = "ort-cpu", timing: bool = False):
+    """A session of ``model`` on ``runtime`` (ONNX Runtime's, or OpenVINO's with the same calls); ``timing``:
+    ONNX Runtime's idle threads do not spin (they would take the cores from the entry timed next)."""
+    if runtime == "ov-cpu":
+        from .. import ov
+
+        return ov.cpu_session(model, threads)
+    return cpu_session(model, threads, allow_spinning=not timing)
+
+
 def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray],
-                         threads: int | None, seconds: float = 1.0) -> dict:
-    """fp32 and int8 timed by the bench's interleaved timer on one batch: medians, and the paired ratio
-    int8/fp32 with its 95 % interval (``faster`` only when the whole interval is below 1)."""
-    fp32_ms, (int8_ms,), (ratio,), runs, _ = _interleaved_medians(fp32, [int8], feeds, threads, seconds)
+                         threads: int | None, seconds: float = 1.0, runtime: str = "ort-cpu") -> dict:
+    """fp32 and int8 timed by the bench's interleaved timer on one batch, both on ``runtime``: medians, and the
+    paired ratio int8/fp32 with its 95 % interval (``faster`` only when the whole interval is below 1)."""
+    fp32_ms, (int8_ms,), (ratio,), runs, _ = _interleaved_medians(fp32, [int8], feeds, threads, seconds, runtime)
     return {"fp32_ms": round(fp32_ms, 5), "int8_ms": round(int8_ms, 5), "ratio": round(ratio.ratio, 4),
             "ratio_low": round(ratio.low, 4), "ratio_high": round(ratio.high, 4), "faster": ratio.high < 1.0,
-            "runs": runs, "batch": len(next(iter(feeds.values())))}
+            "runs": runs, "batch": len(next(iter(feeds.values()))), "runtime": runtime}
 
 
 def speed_verdict(latency: dict) -> str:
@@ -344,11 +360,12 @@ def speed_verdict(latency: dict) -> str:
 
 
 def _interleaved_medians(fp32: onnx.ModelProto, others: list[onnx.ModelProto], feeds: dict[str, np.ndarray],
-                         threads: int | None, seconds: float) -> tuple[float, list[float], list, int, list]:
+                         threads: int | None, seconds: float, runtime: str = "ort-cpu"
+                         ) -> tuple[float, list[float], list, int, list]:
     """(fp32 median ms, each other model's median ms, each one's paired ratio to fp32, rounds, the seconds of
     every run of each, fp32 first), from
     :func:`deploy.harness.bench.interleave` on sessions with thread spinning off, each warmed up alone first."""
-    timers = [session_timer(cpu_session(m, threads, allow_spinning=False), feeds) for m in (fp32, *others)]
+    timers = [session_timer(open_session(m, threads, runtime, timing=True), feeds) for m in (fp32, *others)]
     for timer in timers:
         warm_up(timer, Warmup(), cap_seconds=seconds)
     times, rounds = interleave(timers, replace(TIMING, min_time=seconds, max_time=max(6.0, 4 * seconds)))
@@ -553,7 +570,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     say("running the fp32 model on the held-out data")
     held_batches = _batches(held.array, input_name, options.batch or SCORING_BATCH, options.fixed_batch)
     judge = _Judge(fp32, held_batches, held.labels,  # the reference is fp32's own output, not the rewritten graph's
-                   options.threads, session if source is fp32 else None)
+                   options.threads, session if source is fp32 else None, runtime=_runtime(options.target))
     report.fp32_accuracy = judge.fp32_accuracy
     if options.max_drop is not None and (judge.reference.ndim != 2 or judge.reference.shape[1] < 2):
         raise BadInputError(f"--max-drop needs a classifier output of shape (N, classes); the first output is "
@@ -712,6 +729,19 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
                              if total_macs else None)
     report.pass_report = pass_report
     report.quantized_nodes = len([s for s in pass_report["sites"] if "int8 weights" in s["what"]])
+    if options.target == "ov-cpu":
+        from .. import ov
+
+        say("reading what OpenVINO's CPU plugin compiled")
+        report.integer_kernels = {"runtime": "ov-cpu", **ov.integer_kernels(ov.cpu_session(model, options.threads))}
+        if options.measure:
+            say("timing int8 against fp32 on OpenVINO CPU")
+            report.latency = _interleaved_latency(fp32, model, timing_feed, options.threads, runtime="ov-cpu")
+            if not report.latency["faster"]:
+                report.notes.append(
+                    f"int8 is NOT faster than fp32 on OpenVINO here ({speed_verdict(report.latency)}; "
+                    f"{report.latency['int8_ms']:.2f} ms vs {report.latency['fp32_ms']:.2f} ms per run of "
+                    f"{report.latency['batch']}) — `deploy pipeline` will not ship it")
     if options.target == "ort-cpu":
         say("reading ONNX Runtime's optimized graph")
         runs_as = optimized_graph(model, options.threads)
@@ -737,13 +767,18 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     return model, table
 
 
+def _runtime(target: str) -> str:
+    """Where the held-out judge runs a target's candidates: its own CPU runtime, else ONNX Runtime CPU."""
+    return target if target in RUNTIME_NAMES else "ort-cpu"
+
+
 def _placements(options: QuantizeOptions) -> list[str]:
-    """Placements to try: ONNX Runtime CPU judges and times both (auto; also when ``measure`` is off, which only
-    skips the final int8-vs-fp32 look: the pipeline times its candidates itself); other targets keep Q/DQ around
-    the convs."""
+    """Placements to try: on the CPU runtimes (ONNX Runtime, OpenVINO) both are judged and timed on the target
+    (auto; also when ``measure`` is off, which only skips the final int8-vs-fp32 look: the pipeline times its
+    candidates itself); other targets keep Q/DQ around the convs."""
     if options.placement != "auto":
         return [options.placement]
-    return ["convs", "elementwise"] if options.target == "ort-cpu" else ["convs"]
+    return ["convs", "elementwise"] if options.target in RUNTIME_NAMES else ["convs"]
 
 
 def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge: _Judge, build, feeds,
@@ -761,7 +796,7 @@ def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge
         score, diff = judge.score_and_preset(models[name], f"{report.chosen}, {name}")
         found[name] = {"score": score, "diff": diff}
     fp32_ms, medians, ratios, rounds, times = _interleaved_medians(
-        fp32, [models[n] for n in placements], feeds, options.threads, seconds=3.0)
+        fp32, [models[n] for n in placements], feeds, options.threads, seconds=3.0, runtime=_runtime(options.target))
     for i, (name, ms, ratio) in enumerate(zip(placements, medians, ratios)):
         found[name].update(ms=ms, ratio=ratio, times=times[i + 1])
 
