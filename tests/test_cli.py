@@ -82,7 +82,8 @@ def test_backends_lists_reasons(cli, tmp_path):
     assert result.exit_code == 0
     rows = {r["name"]: r for r in json.loads((tmp_path / "b.json").read_text())}
     assert rows["torch-cpu"]["available"] and rows["ort-cpu"]["available"] and rows["ov-cpu"]["available"]
-    assert set(rows) == {"torch-cpu", "ort-cpu", "ov-cpu", "torch-cuda", "ort-cuda", "trt"}
+    assert set(rows) == {"torch-cpu", "ort-cpu", "ov-cpu", "ov-cpu-bf16", "torch-cuda", "ort-cuda", "trt"}
+    assert "openvino 20" in rows["ov-cpu"]["detail"] and "CPU: " in rows["ov-cpu"]["detail"]
     for row in rows.values():
         assert row["detail"]  # a version when available, a reason when not
 

@@ -55,7 +55,8 @@ def test_our_int8_file_runs_and_is_judged_on_ov_cpu(cli, tiny_onnx, tmp_path):
 
 
 def test_the_pipeline_chooses_per_cpu_runtime_and_verify_times_both(cli, tmp_path):
-    """ort-cpu and ov-cpu side by side: one set of certified files, timed on each, a choice for each."""
+    """ort-cpu and ov-cpu side by side: an int8 file made for each runtime (the OpenVINO one certified as OpenVINO
+    runs it), both int8 files timed on both runtimes, a choice for each; verify re-runs all of it."""
     out = tmp_path / "pipe"
     done = cli("pipeline", "tiny-resnet", "-o", out, "--backend", "ort-cpu,ov-cpu", "--max-drop", "10",
                "--prune-latency", "none", "--samples", "32", "--eval-samples", "16", "--min-time", "0.3")
@@ -64,9 +65,14 @@ def test_the_pipeline_chooses_per_cpu_runtime_and_verify_times_both(cli, tmp_pat
     assert set(m["choices"]) == {"ort-cpu", "ov-cpu"}
     for backend in ("ort-cpu", "ov-cpu"):
         results = m["latency"][backend]["results"]
-        assert {"fp32", "fused", "int8"} <= set(results) and results["fp32"]["ratio"] == 1.0
-    int8 = next(c for c in m["candidates"] if c["name"] == "int8")
-    assert int8["built"] and {"ort-cpu", "ov-cpu"} <= set(int8["backends"])
+        assert {"fp32", "fused", "int8-ort-cpu", "int8-ov-cpu"} <= set(results), results
+        assert results["fp32"]["ratio"] == 1.0
+    by_name = {c["name"]: c for c in m["candidates"]}
+    for name, target in (("int8-ort-cpu", "ort-cpu"), ("int8-ov-cpu", "ov-cpu")):
+        c = by_name[name]
+        assert c["built"] and c["details"]["target"] == target and {"ort-cpu", "ov-cpu"} <= set(c["backends"])
+    assert by_name["int8-ov-cpu"]["details"]["certified_on"] == "ov-cpu"
+    assert "certified_on" not in by_name["int8-ort-cpu"]["details"]
     page = (out / "report.html").read_text()
     assert "ov-cpu" in page and "ort-cpu" in page
     proof = cli("verify", out / "manifest.json", "--min-time", "0.2", "--max-slowdown", "1.0")

@@ -16,8 +16,8 @@ import os
 
 import numpy as np
 
-from .. import ov
 from ..errors import BadInputError, MissingDependencyError
+from ..ov import PERFORMANCE_HINTS, OvSession, available, cpu_session, precision_supported
 from .base import Runner
 
 HINT_ENV = "DEPLOY_OV_HINT"
@@ -33,15 +33,15 @@ class OvRunner(Runner):
     def __init__(self, artifact, threads: int | None = None, allow_spinning: bool = True, hint: str | None = None):
         super().__init__(artifact, threads, allow_spinning)
         self.hint = hint or os.environ.get(HINT_ENV, "latency").strip().lower()
-        if self.hint not in ov.PERFORMANCE_HINTS:
-            raise BadInputError(f"{HINT_ENV}={self.hint}: choose from {', '.join(ov.PERFORMANCE_HINTS)}")
-        self.session: ov.OvSession | None = None
+        if self.hint not in PERFORMANCE_HINTS:
+            raise BadInputError(f"{HINT_ENV}={self.hint}: choose from {', '.join(PERFORMANCE_HINTS)}")
+        self.session: OvSession | None = None
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        ok, detail = ov.available()
+        ok, detail = available()
         if ok and cls.precision != "f32":
-            supported, why = ov.precision_supported(cls.precision)
+            supported, why = precision_supported(cls.precision)
             if not supported:
                 return False, why
         return ok, detail
@@ -54,7 +54,7 @@ class OvRunner(Runner):
         if path is None:
             raise BadInputError(f"{self.artifact.label}: {self.name} needs an ONNX file or an OpenVINO IR; export it "
                                 f"first")
-        self.session = ov.cpu_session(path, self.threads, self.hint, self.precision, label=str(path))
+        self.session = cpu_session(path, self.threads, self.hint, self.precision, label=str(path))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ import onnx
 from ..artifacts.artifact import Artifact
 from ..artifacts.files import output_path, staged_output
 from ..artifacts.onnx_export import onnx_output_path, save_onnx
+from ..backends.cpu_sessions import CPU_RUNTIMES, open_session
 from ..backends.ort_graph import op_counts, round_trips
 from ..calib.data import DataSourceError, load_samples
 from ..calib.observers import METHODS, collect_histograms, compute_ranges
@@ -329,19 +330,6 @@ class _Judge(HeldOut):
 
 
 TIMING = BenchConfig(min_runs=20, min_time=0.6, max_time=6.0, gap=0.002)  # quantize's quick look: the bench's timer
-
-
-RUNTIME_NAMES = {"ort-cpu": "ONNX Runtime CPU", "ov-cpu": "OpenVINO CPU"}  # targets whose int8 file is timed here
-
-
-def open_session(model: onnx.ModelProto, threads: int | None, runtime: str = "ort-cpu", timing: bool = False):
-    """A session of ``model`` on ``runtime`` (ONNX Runtime's, or OpenVINO's with the same calls); ``timing``:
-    ONNX Runtime's idle threads do not spin (they would take the cores from the entry timed next)."""
-    if runtime == "ov-cpu":
-        from .. import ov
-
-        return ov.cpu_session(model, threads)
-    return cpu_session(model, threads, allow_spinning=not timing)
 
 
 def _interleaved_latency(fp32: onnx.ModelProto, int8: onnx.ModelProto, feeds: dict[str, np.ndarray],
@@ -730,10 +718,11 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
     report.pass_report = pass_report
     report.quantized_nodes = len([s for s in pass_report["sites"] if "int8 weights" in s["what"]])
     if options.target == "ov-cpu":
-        from .. import ov
+        from ..ov import cpu_session as ov_session
+        from ..ov import integer_kernels
 
         say("reading what OpenVINO's CPU plugin compiled")
-        report.integer_kernels = {"runtime": "ov-cpu", **ov.integer_kernels(ov.cpu_session(model, options.threads))}
+        report.integer_kernels = {"runtime": "ov-cpu", **integer_kernels(ov_session(model, options.threads))}
         if options.measure:
             say("timing int8 against fp32 on OpenVINO CPU")
             report.latency = _interleaved_latency(fp32, model, timing_feed, options.threads, runtime="ov-cpu")
@@ -769,7 +758,7 @@ def _int8(fp32: onnx.ModelProto, options: QuantizeOptions, report: QuantizeRepor
 
 def _runtime(target: str) -> str:
     """Where the held-out judge runs a target's candidates: its own CPU runtime, else ONNX Runtime CPU."""
-    return target if target in RUNTIME_NAMES else "ort-cpu"
+    return target if target in CPU_RUNTIMES else "ort-cpu"
 
 
 def _placements(options: QuantizeOptions) -> list[str]:
@@ -778,7 +767,7 @@ def _placements(options: QuantizeOptions) -> list[str]:
     candidates itself); other targets keep Q/DQ around the convs."""
     if options.placement != "auto":
         return [options.placement]
-    return ["convs", "elementwise"] if options.target in RUNTIME_NAMES else ["convs"]
+    return ["convs", "elementwise"] if options.target in CPU_RUNTIMES else ["convs"]
 
 
 def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge: _Judge, build, feeds,

@@ -20,10 +20,19 @@ from ..errors import DeployError, first_line, internal_error_text
 from ..harness.heldout import Budget
 from .certify import Certificate
 
-# The backends a pipeline times (its candidates are ONNX files) and the quantization target of each. OpenVINO's
-# CPU plugin runs the ort-cpu target's file (uint8 activations, per-channel int8 weights) on its int8 kernels,
-# so one int8 file is certified once and timed on both CPU runtimes.
-QUANT_TARGETS = {"ort-cpu": "ort-cpu", "ov-cpu": "ort-cpu", "ort-cuda": "ort-cuda", "trt": "trt"}
+# The backends a pipeline times (its candidates are ONNX files) and the quantization target of each.
+QUANT_TARGETS = {"ort-cpu": "ort-cpu", "ov-cpu": "ov-cpu", "ort-cuda": "ort-cuda", "trt": "trt"}
+CPU_TARGETS = ("ort-cpu", "ov-cpu")  # either CPU runtime runs the other's int8 file: each is timed on both
+
+
+def runs_on(c: Candidate, backend: str) -> bool:
+    """Whether the pipeline times candidate ``c`` on ``backend``: float files everywhere; an int8 file on the
+    backend it was made for, and an int8 file for one CPU runtime on the other too (the timing then says which
+    file each runtime runs fastest: ONNX Runtime may gain nothing from OpenVINO's file, and the reverse)."""
+    if c.precision != "int8":
+        return True
+    target = c.details.get("target")
+    return target == QUANT_TARGETS[backend] or (target in CPU_TARGETS and QUANT_TARGETS[backend] in CPU_TARGETS)
 FP16_BACKENDS = ("ort-cuda", "trt")  # ONNX Runtime's CPU provider computes float16 Conv/Gemm in float32
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..backends.cpu_sessions import open_session
 from ..errors import BadInputError
 from ..harness.compare import Tolerance
 from ..harness.heldout import Budget, HeldOut
-from ..ort import cpu_session, run_function
+from ..ort import run_function
 
 DEFAULT_MAX_DROP = 1.0  # top-1 points, when the user gives no budget
 
@@ -87,16 +88,17 @@ class Certifier(HeldOut):
         super().__init__(batches, None if labels is None else np.asarray(labels)[:stop],
                          reference=self._outputs(reference))
 
-    def _outputs(self, path: str | Path) -> np.ndarray:
-        session = cpu_session(onnx.load(str(path)), self.threads)
+    def _outputs(self, path: str | Path, runtime: str = "ort-cpu") -> np.ndarray:
+        session = open_session(onnx.load(str(path)), self.threads, runtime)
         name = session.get_inputs()[0].name  # by position: a re-export may rename the input
         first = session.get_outputs()[0].name
         run = run_function(session, [first])
         return np.concatenate([run({name: self.array[i:i + self.batch]})[first]
                                for i in range(0, len(self.array), self.batch)])
 
-    def certify(self, path: str | Path) -> Certificate:
-        j = self.judge(self._outputs(path), self.output, Tolerance())
+    def certify(self, path: str | Path, runtime: str = "ort-cpu") -> Certificate:
+        """``path`` judged as it runs on ``runtime`` (an int8 file made for OpenVINO: on its int8 kernels)."""
+        j = self.judge(self._outputs(path, runtime), self.output, Tolerance())
         d = j.diff
         return Certificate(j.samples, d.centred_sqnr_db, d.sqnr_db, d.cosine, d.max_rel, j.agreement,
                            j.agreement_interval, j.accuracy, self.reference_accuracy, j.drop)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts.files import umask_mode
+from ..backends.cpu_sessions import CPU_RUNTIMES
 from ..errors import BadInputError
 from ..harness.heldout import Budget
 from ..reporting import Report
@@ -37,6 +38,7 @@ from .candidates import (
     build_pruned,
     build_quantized,
     not_built,
+    runs_on,
 )
 from .certify import Certifier, default_budget
 from .pareto import Choice, Timing, choose
@@ -318,13 +320,17 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         for c in candidates:
             if c.built:
                 c.backends = [b for b in options.backends
-                              if (c.precision != "int8" or c.details.get("target") == QUANT_TARGETS[b])
-                              and (c.precision != "fp16" or b in FP16_BACKENDS)]
+                              if runs_on(c, b) and (c.precision != "fp16" or b in FP16_BACKENDS)]
         step(f"certificates: {sum(c.built for c in candidates)} candidates on {len(held.array)} held-out samples")
         for c in candidates:
             if c.built:
                 detail(c.name)
-                c.certificate = certifier.certify(work / c.file)
+                # an int8 file made for OpenVINO is judged as OpenVINO runs it; the rest as ONNX Runtime does
+                runtime = c.details.get("target") if c.precision == "int8" else None
+                runtime = runtime if runtime in CPU_RUNTIMES else "ort-cpu"
+                if runtime != "ort-cpu":
+                    c.details["certified_on"] = runtime
+                c.certificate = certifier.certify(work / c.file, runtime)
                 c.misses = options.budget.misses(c.certificate)
         advance()
         timings: dict[str, dict[str, Timing]] = {}

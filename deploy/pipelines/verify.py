@@ -159,7 +159,7 @@ def verify_manifest(path: str | Path, options: VerifyOptions, say=None) -> Verif
         if not (folder / c["file"]).is_file():
             continue
         t0 = time.perf_counter()
-        cert = certifier.certify(folder / c["file"])
+        cert = certifier.certify(folder / c["file"], (c.get("details") or {}).get("certified_on", "ort-cpu"))
         cases.append(_judge_certificate(c, cert, budget, time.perf_counter() - t0))
     if options.latency:
         cases.extend(_latency_cases(manifest, folder, options, check_backends, time_candidates, tell, notes))
