@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits trt-api lint clean
+.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits trt-api gpu-check lint clean
 
 # setup also fills the cache with the real trained third-party models the demo and the suite use (PaddleOCR's
 # ONNX files, from the rapidocr-onnxruntime wheel via pip; sha256-checked; nothing is downloaded at run time).
@@ -121,3 +121,11 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) results bench-results .pytest_cache .ruff_cache
+
+# Every CUDA path (torch-cuda, ort-cuda, trt) on a GPU machine, in under 8 minutes: gpu-check/gpu-check.json says what
+# ran, what was skipped and why, and each figure (layout: docs/backends.md). Without a CUDA GPU the script prints one
+# line and exits 3 (make reports it as "Error 3"). On a machine whose CUDA PyTorch is outside the venv:
+# make gpu-check PY=python3 (deploy installed there with pip install --no-deps -e .).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@$(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
