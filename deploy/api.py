@@ -240,18 +240,28 @@ def _preprocess(options: dict) -> None:
 def export(model: Model, output: str | os.PathLike, *, weights=None, shape: Shape = None, dynamic: str | None = None,
            static: bool = False, opset: int = 17, simplify: bool = True, exporter: str = "torchscript",
            verify: bool = True, data: str = "auto", samples: int = 4, threads: int | None = None,
-           progress: Progress = None, **preprocess):
+           format: str = "auto", progress: Progress = None, **preprocess):
     """`deploy export`: torch → one checked, simplified ONNX file, verified in ONNX Runtime against PyTorch
-    (or an ONNX file converted to ``opset``). Raises ``CheckFailedError`` (no file written) on a mismatch."""
+    (or an ONNX file converted to ``opset``); ``format="openvino"`` (or ``output`` NAME.xml): an OpenVINO IR from
+    that proven ONNX file, checked equal to it on ov-cpu. Raises ``CheckFailedError`` (no file written) on a
+    mismatch."""
     output = Path(output)
     from .artifacts.onnx_export import parse_dynamic
-    from .jobs.export import export_onnx
+    from .jobs.export import export_onnx, export_openvino, resolve_format
 
     axes = parse_dynamic(dynamic, static)
     _preprocess(preprocess)
-    guard([*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data))], [("-o", output)])
+    fmt = resolve_format(format, output)
+    written = [("-o", output)] + ([("-o (IR weights)", output.with_suffix(".bin"))] if fmt == "openvino" else [])
+    guard([*spec_inputs("MODEL", model), ("--weights", weights), ("--data", data_file(data))], written)
     threads = resolve_threads(threads)
     artifact = load(model, weights, shape, progress=progress)
+    if fmt == "openvino":
+        if not verify:
+            raise BadInputError("--format openvino always checks the IR against its ONNX file; drop --no-verify")
+        options = {"opset": opset, "dynamic": axes, "simplify": simplify, "exporter": exporter}
+        return export_openvino(artifact, output, samples=samples, data=data_arg(data, artifact), threads=threads,
+                               progress=progress, **(options if artifact.kind == "torch" else {}))
     return export_onnx(artifact, output, opset=opset, dynamic=axes, simplify=simplify, exporter=exporter,
                        verify=verify, verify_samples=samples, verify_data=data_arg(data, artifact), threads=threads,
                        progress=progress)

@@ -71,6 +71,9 @@ class Staged:
         data = self.path.with_name(self.path.name + ".data")
         if data.exists():
             os.replace(data, self.output.with_name(self.output.name + ".data"))
+        weights = self.path.with_suffix(".bin")  # an OpenVINO IR: model.xml reads model.bin beside it
+        if self.path.suffix.lower() == ".xml" and weights.exists():
+            os.replace(weights, self.output.with_suffix(".bin"))
         os.replace(self.path, self.output)
         return self.output
 
