@@ -194,9 +194,11 @@ def activations(model) -> list[tuple[str, int]]:
     return out
 
 
-def cut_model(model, fed: set[str], outputs: list[str], types: dict[str, int]):
+def cut_model(model, fed: set[str], outputs: list[str], types: dict[str, int],
+              shapes: dict[str, tuple[int, ...]] | None = None):
     """B with every read of a ``fed`` tensor replaced by a graph input ``name + REF_SUFFIX``: each node then
-    recomputes its outputs from the values given there (the local view)."""
+    recomputes its outputs from the values given there (the local view). ``shapes``: the values' shapes, written
+    on the new inputs with a free batch dim (OpenVINO's ONNX reader needs each input's rank)."""
     import onnx
 
     out = with_outputs(model, outputs, types)
@@ -205,7 +207,9 @@ def cut_model(model, fed: set[str], outputs: list[str], types: dict[str, int]):
             if name in fed:
                 node.input[i] = name + REF_SUFFIX
     for name in sorted(fed):
-        out.graph.input.append(onnx.helper.make_tensor_value_info(name + REF_SUFFIX, types.get(name, 1), None))
+        shape = shapes.get(name) if shapes else None
+        dims = None if shape is None else ["batch", *shape[1:]]
+        out.graph.input.append(onnx.helper.make_tensor_value_info(name + REF_SUFFIX, types.get(name, 1), dims))
     return out
 
 
@@ -398,21 +402,30 @@ def trace_torch(module, batches: list[dict[str, np.ndarray]], names: list[str],
 
 # ------------------------------------------------------------------------------------------- running
 
-def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], provider: str, threads: int | None,
+def _session(model, backend: str, threads: int | None):
+    """``model`` on ``backend``: ONNX Runtime with its provider, or OpenVINO's CPU plugin (same session calls)."""
+    if backend == "ov-cpu":
+        from ..ov import cpu_session as ov_session
+
+        return ov_session(model, threads)
+    return cpu_session(model, threads, provider=PROVIDERS[backend])
+
+
+def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], backend: str, threads: int | None,
              extra: Callable[[int], dict[str, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
-    session = cpu_session(model, threads, provider=provider)
+    session = _session(model, backend, threads)
     wanted = {i.name for i in session.get_inputs()}
     got: dict[str, list[np.ndarray]] = {}
     for i, batch in enumerate(batches):
         feeds = {k: v for k, v in batch.items() if k in wanted}
-        if extra is not None:
-            feeds.update(extra(i))
+        if extra is not None:  # OpenVINO's reader drops an input nothing reads (a fed final output)
+            feeds.update({k: v for k, v in extra(i).items() if k in wanted})
         try:
             results = session.run(outputs, feeds)
         except Exception as err:  # onnxruntime's own exception types: wrong shapes, a kernel failing
             text = first_line(err)
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items() if not k.endswith(REF_SUFFIX))
-            raise BadInputError(f"ONNX Runtime fails on inputs {shapes}: {text[:200]}") from None
+            raise BadInputError(f"{RUNTIMES[backend]} fails on inputs {shapes}: {text[:200]}") from None
         for name, value in zip(outputs, results):
             got.setdefault(name, []).append(value)
     return {k: np.concatenate(v) for k, v in got.items()}
@@ -421,11 +434,13 @@ def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], pr
 # ----------------------------------------------------------------------------------------------- debug
 
 PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
+RUNTIMES = {"ort-cpu": "ONNX Runtime", "ort-cuda": "ONNX Runtime", "ov-cpu": "OpenVINO"}
 
 
 def _provider(backend: str) -> str:
-    if backend not in PROVIDERS:
-        raise BadInputError(f"--backend {backend}: deploy debug runs ONNX files on {', '.join(PROVIDERS)} (it reads "
+    """``backend`` checked: one debug can read intermediate tensors on, and available here."""
+    if backend not in RUNTIMES:
+        raise BadInputError(f"--backend {backend}: deploy debug runs ONNX files on {', '.join(RUNTIMES)} (it reads "
                             f"their intermediate tensors)")
     from ..backends import get_runner_class
     from ..errors import MissingDependencyError
@@ -433,7 +448,7 @@ def _provider(backend: str) -> str:
     ok, why = get_runner_class(backend).available()
     if not ok:
         raise MissingDependencyError(f"backend {backend} unavailable here: {why}")
-    return PROVIDERS[backend]
+    return backend
 
 
 def _check_inputs(a, b) -> None:
@@ -546,7 +561,7 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
 
     progress("local view")
     fed = set(aligned)
-    cut = cut_model(model_b, fed, aligned, types_b)
+    cut = cut_model(model_b, fed, aligned, types_b, {t: values_a[pairs[t]].shape for t in fed})
 
     given = {t + REF_SUFFIX: values_a[pairs[t]] for t in fed}
     dtypes = {t + REF_SUFFIX: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(types_b.get(t, 1))) for t in fed}
@@ -576,7 +591,7 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
         if reference.kind == "torch":
             got = _torch_replaced(reference, a_batches, names, layer.reference, value)
         else:
-            cut_a = cut_model(model_a, {layer.reference}, [], types_a)
+            cut_a = cut_model(model_a, {layer.reference}, [], types_a, {layer.reference: value.shape})
             dtype = onnx.helper.tensor_dtype_to_np_dtype(types_a.get(layer.reference, 1))
             got = run_onnx(cut_a, a_batches, final_names_a, provider_a, threads,
                            extra=_slicer(a_batches, {layer.reference + REF_SUFFIX: value}, {
@@ -675,10 +690,22 @@ def _final_diffs(final_a: dict, final_b: dict, precision: str) -> list[OutputDif
     return [diff_output(b, final_a[a].astype(np.float64), final_b[b].astype(np.float64), tol) for a, b in pairs]
 
 
-def _perturbation(model_b, exposed, final_b, acc_b, names, provider, threads) -> dict:
-    """Fusions ONNX Runtime loses when the tensors are exposed, and whether the final outputs moved."""
-    plain = Counter(optimized_op_counts(model_b, threads, provider))
-    instrumented = Counter(optimized_op_counts(exposed, threads, provider))
+def _runs_as(model, backend: str, threads: int | None) -> Counter:
+    """What the runtime runs: ONNX Runtime's optimized graph by op type; OpenVINO's compiled graph by layer type and
+    runtime precision (``Convolution u8``), so a conv that falls back to float shows as a lost int8 kernel."""
+    if backend == "ov-cpu":
+        from ..ov import runtime_precisions
+
+        found = runtime_precisions(_session(model, backend, threads))
+        return Counter({f"{kind} {precision}": n for (kind, precision), n in found.items()
+                        if kind not in ("Const", "Input", "Output")})
+    return Counter(optimized_op_counts(model, threads, PROVIDERS[backend]))
+
+
+def _perturbation(model_b, exposed, final_b, acc_b, names, backend, threads) -> dict:
+    """Fusions the runtime loses when the tensors are exposed, and whether the final outputs moved."""
+    plain = _runs_as(model_b, backend, threads)
+    instrumented = _runs_as(exposed, backend, threads)
     lost = {op: [plain[op], instrumented.get(op, 0)] for op in plain if instrumented.get(op, 0) < plain[op]}
     gained = {op: [plain.get(op, 0), instrumented[op]] for op in instrumented if plain.get(op, 0) < instrumented[op]}
     moved = 0.0
@@ -687,18 +714,18 @@ def _perturbation(model_b, exposed, final_b, acc_b, names, provider, threads) ->
         scale = float(np.abs(a).max()) or 1.0
         moved = max(moved, float(np.abs(a - b).max()) / scale)
     return {"fused_ops_lost": lost, "ops_gained": gained, "final_outputs_max_rel_change": moved,
-            "note": _perturbation_note(lost, gained, moved)}
+            "note": _perturbation_note(lost, gained, moved, RUNTIMES[backend])}
 
 
-def _perturbation_note(lost: dict, gained: dict, moved: float) -> str:
+def _perturbation_note(lost: dict, gained: dict, moved: float, runtime: str = "ONNX Runtime") -> str:
     if not lost and not gained:
-        return "exposing the aligned tensors changed nothing ONNX Runtime runs"
+        return f"exposing the aligned tensors changed nothing {runtime} runs"
     parts = []
     if lost:
         parts.append("fused ops lost: " + ", ".join(f"{op} {a} → {b}" for op, (a, b) in lost.items()))
     if gained:
         parts.append("ops now run on their own: " + ", ".join(f"{op} {a} → {b}" for op, (a, b) in gained.items()))
-    return (f"exposing the aligned tensors changed ONNX Runtime's graph ({'; '.join(parts)}); the exposed run's "
+    return (f"exposing the aligned tensors changed {runtime}'s graph ({'; '.join(parts)}); the exposed run's "
             f"final outputs moved by max rel {moved:.2e} (the final outputs are judged on the unmodified session)")
 
 
