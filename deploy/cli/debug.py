@@ -134,7 +134,8 @@ def debug(
     weights: Weights = None,
     shape: Shape = None,
     backend_a: Annotated[str | None, typer.Option("--backend-a", help="Backend for an ONNX reference (ort-cpu, "
-                                                  "ov-cpu, ort-cuda); a PyTorch reference is read on torch-cpu.")] = None,
+                                                  "ov-cpu, ort-cuda); a PyTorch reference is read on "
+                                                  "torch-cpu.")] = None,
     backend_b: Annotated[str | None, typer.Option("--backend-b", help="Backend for the candidate (ort-cpu, "
                                                   "ov-cpu, ort-cuda).")] = None,
     precision: Annotated[str, typer.Option(help="Tolerance preset each tensor is judged by: fp32, fp16, "
