@@ -48,7 +48,8 @@ def check(
                          "(default: torch-cpu for models, ort-cpu for .onnx). `deploy backends` lists them.")] = None,
     backend_b: Annotated[str | None, typer.Option("--backend-b", help="Backend for the candidate.")] = None,
     precision: Annotated[str, typer.Option(help="Tolerance preset: fp32 (max rel ≤ 1e-5), fp16 (cosine ≥ 0.9999, "
-                         "SQNR ≥ 40 dB, every channel ≥ 20 dB), bf16 (as fp16: ov-cpu-bf16), int8 (cosine ≥ 0.99, every channel ≥ 3 dB; "
+                         "SQNR ≥ 40 dB, every channel ≥ 20 dB), bf16 (as fp16: ov-cpu-bf16), int8 (cosine ≥ 0.99, "
+                         "every channel ≥ 3 dB; "
                          "a softmax output: total variation ≤ 0.1 instead of cosine). Cosine is the 5th "
                          "percentile over samples; score channels silent on the data (< 2/255) are judged within 2 "
                          "steps.")] = "fp32",
