@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq digits trt-api gpu-check lint clean
+.PHONY: setup test test-slow demo bench bench-int8 bench-prune bench-ortq bench-ov digits trt-api gpu-check lint clean
 
 # setup also fills the cache with the real trained third-party models the demo and the suite use (PaddleOCR's
 # ONNX files, from the rapidocr-onnxruntime wheel via pip; sha256-checked; nothing is downloaded at run time).
@@ -101,6 +101,25 @@ bench-prune: setup
 			> $(BENCH_OUT)/$$m.pruned.int8.log || exit 1; \
 		$(VENV)/bin/deploy bench $(BENCH_OUT)/$$m.onnx $(BENCH_OUT)/$$m.pruned.onnx $(BENCH_OUT)/$$m.pruned.int8.onnx \
 			--backend ort-cpu --batch 8 --json $(BENCH_OUT)/prune-$$m.json --md $(BENCH_OUT)/prune-$$m.md || exit 1; \
+	done
+
+# The two CPU runtimes side by side: each model's fp32 export, its int8 for ONNX Runtime (--target ort-cpu) and
+# its int8 for OpenVINO (--target ov-cpu), all six (file, runtime) entries interleaved in one run per batch;
+# ratios to ONNX Runtime fp32. The README's OpenVINO table comes from this target.
+OV_MODELS ?= resnet18 resnet50 mobilenet_v2
+bench-ov: setup
+	mkdir -p $(BENCH_OUT)
+	@for m in $(OV_MODELS); do \
+		echo "== $$m: fp32, int8 for ort-cpu, int8 for ov-cpu; timed on ort-cpu and ov-cpu"; \
+		$(VENV)/bin/deploy export $$m -o $(BENCH_OUT)/$$m.onnx > $(BENCH_OUT)/$$m.export.log || exit 1; \
+		$(VENV)/bin/deploy quantize $(BENCH_OUT)/$$m.onnx -o $(BENCH_OUT)/$$m.int8.onnx --allow-poor \
+			--json $(BENCH_OUT)/$$m.int8.json > $(BENCH_OUT)/$$m.int8.log || exit 1; \
+		tail -n 1 $(BENCH_OUT)/$$m.int8.log; \
+		$(VENV)/bin/deploy quantize $(BENCH_OUT)/$$m.onnx -o $(BENCH_OUT)/$$m.ov.int8.onnx --target ov-cpu --allow-poor \
+			--json $(BENCH_OUT)/$$m.ov.int8.json > $(BENCH_OUT)/$$m.ov.int8.log || exit 1; \
+		tail -n 1 $(BENCH_OUT)/$$m.ov.int8.log; \
+		$(VENV)/bin/deploy bench $(BENCH_OUT)/$$m.onnx $(BENCH_OUT)/$$m.int8.onnx $(BENCH_OUT)/$$m.ov.int8.onnx \
+			--backend ort-cpu,ov-cpu --batch 1,8 --json $(BENCH_OUT)/ov-$$m.json --md $(BENCH_OUT)/ov-$$m.md || exit 1; \
 	done
 
 # Side by side with ONNX Runtime's quantize_static on the same exports and photos (a benchmark, not a test).
