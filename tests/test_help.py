@@ -42,5 +42,5 @@ def test_sweep_help_keeps_its_table_names():
 def test_examples_each_start_a_line():
     shown = CliRunner().invoke(app, ["export", "--help"], terminal_width=100)
     lines = [line.strip() for line in shown.output.splitlines() if line.strip().startswith("$ deploy export")]
-    assert len(lines) == 3, shown.output
+    assert len(lines) == 4, shown.output
     assert "(num_classes=10)" in squeeze(shown.output)  # a literal call in an example is not markup either
