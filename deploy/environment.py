@@ -12,7 +12,7 @@ from importlib import metadata
 # CPU flags that change which kernels run: SIMD width and the integer dot-product/matrix units.
 FLAGS_THAT_MATTER = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
                      "amx_bf16", "f16c")
-LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "tensorrt")
+LIBRARIES = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "onnx", "numpy", "tensorrt")
 
 
 def cpu_info() -> dict:

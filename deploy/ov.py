@@ -24,10 +24,10 @@ from .errors import BadInputError, MissingDependencyError, first_line
 PERFORMANCE_HINTS = ("latency", "throughput")
 PRECISION_HINTS = {"f32": "f32", "bf16": "bf16", "f16": "f16"}  # ours → INFERENCE_PRECISION_HINT
 IR_SUFFIX = ".xml"
-# CPU flags (Linux /proc/cpuinfo names) that decide which kernels OpenVINO's CPU plugin picks, in our words
+# CPU flags (Linux /proc/cpuinfo names, as deploy.environment reads them) that decide which kernels OpenVINO's CPU
+# plugin picks, in our words
 CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
-                ("avx512_bf16", "AVX-512 BF16"), ("amx_int8", "AMX-INT8"), ("amx_bf16", "AMX-BF16"),
-                ("amx_fp16", "AMX-FP16"))
+                ("avx512_bf16", "AVX-512 BF16"), ("amx_int8", "AMX-INT8"), ("amx_bf16", "AMX-BF16"))
 
 
 def available() -> tuple[bool, str]:
@@ -71,16 +71,10 @@ def capabilities() -> list[str]:
 
 
 def cpu_flags() -> list[str]:
-    """The instruction sets of :data:`CPU_FEATURES` this CPU has (from /proc/cpuinfo; empty where it is absent)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
+    """The instruction sets of :data:`CPU_FEATURES` this CPU has (empty where /proc/cpuinfo is absent)."""
+    from .environment import cpu_info
+
+    flags = set(cpu_info()["flags"])
     return [name for flag, name in CPU_FEATURES if flag in flags]
 
 

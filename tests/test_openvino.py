@@ -10,6 +10,7 @@ import pytest
 
 import deploy
 from deploy.backends import backend_status, get_runner_class
+from deploy.ov import capabilities
 
 pytest.importorskip("openvino", reason="openvino is pinned in requirements.lock; this venv lacks it")
 
@@ -73,9 +74,17 @@ def test_the_pipeline_chooses_per_cpu_runtime_and_verify_times_both(cli, tmp_pat
         assert c["built"] and c["details"]["target"] == target and {"ort-cpu", "ov-cpu"} <= set(c["backends"])
     assert by_name["int8-ov-cpu"]["details"]["certified_on"] == "ov-cpu"
     assert "certified_on" not in by_name["int8-ort-cpu"]["details"]
+    bf16 = by_name["bf16"]  # the fused file under OpenVINO's bf16 hint, where the CPU has bf16
+    if "BF16" in capabilities():
+        assert bf16["built"] and bf16["backends"] == ["ov-cpu"] and bf16["file"] == by_name["fused"]["file"]
+        assert bf16["details"]["certified_on"] == "ov-cpu-bf16" and bf16["certificate"]["centred_sqnr_db"] < 80
+        assert "bf16" in m["latency"]["ov-cpu"]["results"] and "bf16" not in m["latency"]["ort-cpu"]["results"]
+    else:
+        assert not bf16["built"] and "lacks bf16" in bf16["why_not"]
+    assert m["versions"]["openvino"]
     page = (out / "report.html").read_text()
     assert "ov-cpu" in page and "ort-cpu" in page
-    proof = cli("verify", out / "manifest.json", "--min-time", "0.2", "--max-slowdown", "1.0")
+    proof = cli("verify", out / "manifest.json", "--min-time", "0.2", "--max-slowdown", "1.0", "--all")
     assert proof.exit_code == 0, proof.output
     assert "ov-cpu" in proof.output
 
@@ -136,8 +145,6 @@ def test_debug_reads_intermediate_tensors_on_ov_cpu(tiny_onnx, tmp_path):
 def test_bf16_is_a_precision_to_choose_never_a_default():
     """ov-cpu-bf16 computes float layers in bf16 where the CPU has it: an fp32 file then misses the fp32 preset, at
     bf16's ~40 dB; ov-cpu stays within fp32's. Without bf16 the backend says the CPU lacks it."""
-    from deploy.ov import capabilities
-
     ok, detail = get_runner_class("ov-cpu-bf16").available()
     if "BF16" not in capabilities():
         assert not ok and "lacks bf16" in detail

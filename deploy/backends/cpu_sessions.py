@@ -13,10 +13,10 @@ def open_session(model, threads: int | None = None, runtime: str = "ort-cpu", ti
     """``model`` (a path or an ``onnx.ModelProto``) ready to run on ``runtime``. ``timing``: ONNX Runtime's idle
     threads do not spin (they would take the cores from the entry timed next); OpenVINO's runs in f32 unless the
     file is int8 (see :mod:`deploy.ov`)."""
-    if runtime == "ov-cpu":
+    if runtime in ("ov-cpu", "ov-cpu-bf16"):  # the second: float layers in bf16 (OpenVINO's precision hint)
         from ..ov import cpu_session as ov_session
 
-        return ov_session(model, threads)
+        return ov_session(model, threads, precision="bf16" if runtime == "ov-cpu-bf16" else "f32")
     if runtime != "ort-cpu":
         raise ValueError(f"open_session: {runtime} is not a CPU runtime ({', '.join(CPU_RUNTIMES)})")
     return cpu_session(model, threads, allow_spinning=not timing)

@@ -20,7 +20,8 @@ def bench(
     artifacts: Annotated[list[str], typer.Argument(help="Model specs and/or .onnx files; the first is the baseline "
                          "of the ratios.")],
     backend: Annotated[str, typer.Option("--backend", help="Comma-separated backends: torch-cpu, ort-cpu, "
-                       "torch-cuda, ort-cuda. A model spec on an ort-* backend is exported first.")] = "ort-cpu",
+                       "ov-cpu, ov-cpu-bf16, torch-cuda, ort-cuda, trt. A model spec on an ort-*/ov-* backend is "
+                       "exported first.")] = "ort-cpu",
     batch: Annotated[str, typer.Option("--batch", help="Batch sizes to time, comma-separated, e.g. 1,8 (each is "
                      "the batch dim of every run).")] = "1",
     weights: Weights = None,

@@ -25,7 +25,7 @@ def demo(
                       "file.")]
     = "digits-resnet,repvgg_a0,ppocr-cls",
     backend: Annotated[str, typer.Option(help="Backends each pipeline times and chooses for, comma-separated: "
-                       "ort-cpu, ort-cuda, trt.")] = "ort-cpu",
+                       "ort-cpu, ov-cpu, ort-cuda, trt.")] = "ort-cpu",
     max_drop: Annotated[float, typer.Option(help="Budget for every model: top-1 points lost on held-out data "
                         "(accuracy where the data is labelled, else disagreement with fp32).")] = 1.0,
     min_sqnr: Annotated[float | None, typer.Option(help="Budget as mean-centred SQNR against fp32, dB, instead of "

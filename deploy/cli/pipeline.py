@@ -42,7 +42,8 @@ def pipeline(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the artifacts, report.html and "
                       "manifest.json: new, empty, or an earlier pipeline's (replaced whole at the end).")],
     backend: Annotated[str, typer.Option(help="Backends to time and choose for, comma-separated: ort-cpu, "
-                       "ort-cuda, trt.")] = "ort-cpu",
+                       "ov-cpu (OpenVINO: its own int8 file, and bf16 where the CPU has it), ort-cuda, "
+                       "trt.")] = "ort-cpu",
     max_drop: Annotated[float | None, typer.Option(help="Budget: top-1 points lost on held-out data (accuracy "
                         "with labelled .npz data, else disagreement with fp32). Default 1.0 when no budget is "
                         "given.")] = None,

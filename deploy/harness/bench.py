@@ -270,9 +270,10 @@ def interleave(timers: list[Callable[[], float]], config: BenchConfig,
 
 
 def resolve_entries(specs: list[tuple[str, Artifact]], backends: list[str], stack: contextlib.ExitStack,
-                    notes: list[str]) -> list[Entry]:
+                    notes: list[str], only: Callable[[str, str], bool] | None = None) -> list[Entry]:
     """Every (artifact, backend) pair that can run: torch models run on ONNX Runtime after an export;
-    ONNX files skip torch backends (with a note)."""
+    ONNX files skip torch backends (with a note). ``only(source, backend)``: the pairs a caller wants (the
+    pipeline times its bf16 candidate on ov-cpu-bf16 and the rest on ov-cpu, in one group)."""
     for name in backends:
         ok, why = get_runner_class(name).available()
         if not ok:
@@ -281,6 +282,8 @@ def resolve_entries(specs: list[tuple[str, Artifact]], backends: list[str], stac
     seen: dict[str, int] = {}
     for source, artifact in specs:
         for backend in backends:
+            if only is not None and not only(source, backend):
+                continue
             cls = get_runner_class(backend)
             if artifact.kind == "onnx" and cls.artifact_kind == "torch":
                 notes.append(f"{source} skipped on {backend}: an ONNX file runs on ort-*, ov-* and trt backends")
@@ -373,7 +376,8 @@ def _fresh_memory(entry: Entry, batch: int, runs: int, config: BenchConfig, inli
 
 
 def run_bench(specs: list[tuple[str, Artifact]], backends: list[str], config: BenchConfig,
-              tick: Callable[[str], None] | None = None) -> LatencyReport:
+              tick: Callable[[str], None] | None = None,
+              only: Callable[[str, str], bool] | None = None) -> LatencyReport:
     threads = config.threads or default_threads()
     config = BenchConfig(**{**config.__dict__, "threads": threads})
     if config.memory not in MEMORY_MODES:
@@ -381,7 +385,7 @@ def run_bench(specs: list[tuple[str, Artifact]], backends: list[str], config: Be
     notes: list[str] = []
     results: list[BenchResult] = []
     with contextlib.ExitStack() as stack:
-        entries = resolve_entries(specs, backends, stack, notes)
+        entries = resolve_entries(specs, backends, stack, notes, only)
         if config.per_artifact:
             groups = {}
             for entry in entries:

@@ -29,6 +29,8 @@ def runs_on(c: Candidate, backend: str) -> bool:
     """Whether the pipeline times candidate ``c`` on ``backend``: float files everywhere; an int8 file on the
     backend it was made for, and an int8 file for one CPU runtime on the other too (the timing then says which
     file each runtime runs fastest: ONNX Runtime may gain nothing from OpenVINO's file, and the reverse)."""
+    if c.precision == "bf16":
+        return backend == "ov-cpu"
     if c.precision != "int8":
         return True
     target = c.details.get("target")
@@ -39,7 +41,7 @@ FP16_BACKENDS = ("ort-cuda", "trt")  # ONNX Runtime's CPU provider computes floa
 @dataclass
 class Candidate:
     name: str
-    precision: str  # fp32 | fp16 | int8
+    precision: str  # fp32 | fp16 | bf16 (a runtime precision: its parent's file on ov-cpu-bf16) | int8
     parent: str | None
     file: str | None = None  # relative to the pipeline folder
     built: bool = False
@@ -239,6 +241,26 @@ def build_pruned(ctx: BuildContext, target: float, backend: str) -> Candidate:
                  "round_to": o.round_to, "latency_target": target, "prune_backend": backend,
                  "stages": [s.to_dict() for s in report.stages]}
     return finish(c, ctx, path, start, (safetensors_path_for(path).name,))
+
+
+BF16_RUNTIME = "ov-cpu-bf16"  # the backend a bf16 candidate is certified and timed on (its file is its parent's)
+
+
+def bf16_candidate(ctx: BuildContext, base: Candidate) -> Candidate:
+    """bf16 on OpenVINO: ``base``'s own file (no new file) run with the CPU plugin's bf16 inference precision —
+    a precision to certify like int8, offered where the CPU computes in bf16 (AMX, AVX-512 BF16); elsewhere a
+    not-built row that says the CPU lacks it."""
+    from ..ov import precision_supported
+
+    supported, why = precision_supported("bf16")
+    if not supported:
+        return not_built("bf16", "bf16", base.name, f"{why}: OpenVINO would compute it in f32")
+    start = time.perf_counter()
+    c = Candidate("bf16", "bf16", base.name)
+    c.changes.append(f"{base.name}'s file as it is, compiled by OpenVINO with INFERENCE_PRECISION_HINT=bf16: float "
+                     f"layers in bf16 ({BF16_RUNTIME}); ship the file with that hint")
+    c.details.update(runtime=BF16_RUNTIME, certified_on=BF16_RUNTIME)
+    return finish(c, ctx, ctx.folder / base.file, start)
 
 
 def not_built(name: str, precision: str, parent: str | None, why: str) -> Candidate:

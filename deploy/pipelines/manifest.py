@@ -79,7 +79,8 @@ def versions() -> dict:
     libs = library_versions()
     return {"deploy": __version__, "python": libs.get("python"), "torch": libs.get("torch"),
             "onnx": libs.get("onnx"), "onnxruntime": libs.get("onnxruntime") or libs.get("onnxruntime-gpu"),
-            "tensorrt": libs.get("tensorrt"), "gpus": [g.get("name") for g in gpu_info()]}
+            "openvino": libs.get("openvino"), "tensorrt": libs.get("tensorrt"),
+            "gpus": [g.get("name") for g in gpu_info()]}
 
 
 def build_manifest(report, artifact) -> dict:

@@ -74,7 +74,7 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][0])
 
 
-REDUCED = ("int8", "fp16")  # precisions that change what the model computes: they must pay for it in speed
+REDUCED = ("int8", "fp16", "bf16")  # precisions that change what the model computes: they must pay for it in speed
 
 
 def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]) -> Choice:

@@ -33,7 +33,7 @@ code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#eef1f4;pa
 footer{margin-top:28px;color:#6b7580;font-size:12px}
 """
 
-COLORS = {"fp32": "#5b6570", "fp16": "#8e44ad", "int8": "#1a73e8"}
+COLORS = {"fp32": "#5b6570", "fp16": "#8e44ad", "bf16": "#c0392b", "int8": "#1a73e8"}
 
 
 def _e(text) -> str:

@@ -28,11 +28,13 @@ from ..errors import BadInputError
 from ..harness.heldout import Budget
 from ..reporting import Report
 from .candidates import (
+    BF16_RUNTIME,
     FP16_BACKENDS,
     QUANT_TARGETS,
     BuildContext,
     Candidate,
     attempt,
+    bf16_candidate,
     build_fp32,
     build_fused,
     build_pruned,
@@ -200,17 +202,21 @@ def check_backends(backends: tuple[str, ...]) -> None:
 
 def time_candidates(backend: str, files: list[tuple[str, Path]], batch: int, min_time: float,
                     threads: int | None, tick: Callable[[str], None] | None = None,
-                    shape: tuple[int | str, ...] | None = None) -> dict[str, Timing]:
+                    shape: tuple[int | str, ...] | None = None,
+                    runtimes: dict[str, str] | None = None) -> dict[str, Timing]:
     """All files on one backend, interleaved in one run; ratios to the first (the fp32 export).
 
     ``shape``: the model input's shape as the pipeline was given it; it fills dims the files leave free
-    (an ONNX input whose height and width are dynamic, timed at the size it was certified at)."""
+    (an ONNX input whose height and width are dynamic, timed at the size it was certified at).
+    ``runtimes``: candidates timed on another backend in the same group (bf16: ov-cpu-bf16 within ov-cpu's)."""
     from ..harness.bench import BenchConfig, run_bench
     from .candidates import load_candidate
 
+    runtimes = {name: b for name, b in (runtimes or {}).items() if any(name == n for n, _ in files)}
     specs = [(name, load_candidate(path, shape)) for name, path in files]
     config = BenchConfig(batches=(batch,), threads=threads, min_runs=20, min_time=min_time, memory="off")
-    report = run_bench(specs, [backend], config, tick)
+    backends = list(dict.fromkeys([backend, *runtimes.values()]))
+    report = run_bench(specs, backends, config, tick, only=lambda name, b: runtimes.get(name, backend) == b)
     out = {}
     for r in report.results:
         ratio = r.ratio
@@ -237,7 +243,8 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
     targets = list(dict.fromkeys(QUANT_TARGETS[b] for b in options.backends))
     fp16_backends = [b for b in options.backends if b in FP16_BACKENDS]
     prune_targets = options.prune_latency if torch_model else ()
-    steps = 2 + (1 if fp16_backends else 0) + len(targets) * (1 + len(prune_targets)) + len(prune_targets) \
+    steps = 2 + (1 if fp16_backends else 0) + ("ov-cpu" in options.backends) \
+        + len(targets) * (1 + len(prune_targets)) + len(prune_targets) \
         + 1 + len(options.backends)
     done = 0
     current = ["starting"]
@@ -290,6 +297,10 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         else:
             candidates.append(not_built("fp16", "fp16", base.name, "ONNX Runtime's CPU provider computes float16 "
                                         "Conv/Gemm in float32 (not faster); built for ort-cuda and trt"))
+        if "ov-cpu" in options.backends:
+            step("bf16: OpenVINO's bf16 inference precision")
+            candidates.append(attempt(lambda: bf16_candidate(ctx, base), "bf16", "bf16", base.name))
+            advance()
         for target in targets:
             name = "int8" if len(targets) == 1 else f"int8-{target}"
             step(f"{name}: calibration tournament and fallback for {target}")
@@ -325,9 +336,11 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
         for c in candidates:
             if c.built:
                 detail(c.name)
-                # an int8 file made for OpenVINO is judged as OpenVINO runs it; the rest as ONNX Runtime does
+                # an int8 file made for OpenVINO is judged as OpenVINO runs it, bf16 as OpenVINO's bf16 runs it;
+                # the rest as ONNX Runtime does
                 runtime = c.details.get("target") if c.precision == "int8" else None
                 runtime = runtime if runtime in CPU_RUNTIMES else "ort-cpu"
+                runtime = BF16_RUNTIME if c.precision == "bf16" else runtime
                 if runtime != "ort-cpu":
                     c.details["certified_on"] = runtime
                 c.certificate = certifier.certify(work / c.file, runtime)
@@ -339,7 +352,9 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
             files = [(c.name, work / c.file) for c in candidates if c.built and backend in c.backends]
             step(f"timing {len(files)} candidates interleaved on {backend}, batch {options.batch}")
             timings[backend] = time_candidates(backend, files, options.batch, options.min_time, options.threads,
-                                               detail, shape=artifact.input_shape)
+                                               detail, shape=artifact.input_shape,
+                                               runtimes={c.name: BF16_RUNTIME for c in candidates
+                                                         if c.built and c.precision == "bf16"})
             choices[backend] = choose(backend, candidates, timings[backend])
             advance()
         for c in candidates:  # the words name the files where they will be, not the work folder

@@ -197,6 +197,9 @@ def _latency_cases(manifest: dict, folder: Path, options: VerifyOptions, check_b
 
     cases = []
     files = {c["name"]: folder / c["file"] for c in manifest["candidates"] if c["built"]}
+    # a candidate timed on another backend within its group (bf16: ov-cpu-bf16 within ov-cpu's)
+    runtimes = {c["name"]: c["details"]["runtime"] for c in manifest["candidates"]
+                if c["built"] and (c.get("details") or {}).get("runtime")}
     for backend, record in manifest["latency"].items():
         try:
             check_backends((backend,))
@@ -220,7 +223,7 @@ def _latency_cases(manifest: dict, folder: Path, options: VerifyOptions, check_b
         threads = options.threads or min(record["threads"], default_threads())
         timings = time_candidates(backend, [(record["baseline"], files[record["baseline"]])]
                                   + [(n, files[n]) for n in names], record["batch"], options.min_time, threads, tell,
-                                  shape=tuple(manifest["model"]["shape"]))
+                                  shape=tuple(manifest["model"]["shape"]), runtimes=runtimes)
         seconds = time.perf_counter() - t0
         for n in names:
             was = record["results"][n]["ratio"]
