@@ -165,7 +165,7 @@ def test_pipeline_bad_input_is_refused_before_any_work(cli, tmp_path):
     assert result.exit_code == 2 and "holds other files" in result.stderr
     assert (tmp_path / "busy" / "keep.txt").read_text() == "mine"
     result = cli("pipeline", "tiny-resnet", "-o", tmp_path / "o", "--backend", "torch-cpu")
-    assert result.exit_code == 2 and "ort-cpu, ort-cuda, trt" in result.stderr
+    assert result.exit_code == 2 and "ort-cpu, ov-cpu, ort-cuda, trt" in result.stderr
     result = cli("pipeline", "tiny-resnet", "-o", tmp_path / "o", "--prune-latency", "1.5")
     assert result.exit_code == 2 and "between 0 and 1" in result.stderr
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*"))
