@@ -99,6 +99,15 @@ def precision_supported(precision: str) -> tuple[bool, str]:
     return False, f"this CPU lacks {precision} (OpenVINO's CPU plugin reports {', '.join(found) or 'nothing'})"
 
 
+def error_line(err: BaseException) -> str:
+    """The line of an OpenVINO error that says what failed: its messages open with "Exception from <file>:<line>:"
+    frames, one per layer they crossed."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Exception from", "Check '", "FrontEnd API failed"))]
+    text = said[0] if said else first_line(err)
+    return text if len(text) <= 300 else text[:297] + "…"
+
+
 @dataclass(frozen=True)
 class _Port:
     name: str
@@ -184,7 +193,7 @@ def cpu_session(model, threads: int | None = None, hint: str = "latency", precis
     except BadInputError:
         raise
     except Exception as err:  # OpenVINO raises RuntimeError with its own messages
-        raise BadInputError(f"{label}: OpenVINO cannot compile it for the CPU: {first_line(err)}") from None
+        raise BadInputError(f"{label}: OpenVINO cannot compile it for the CPU: {error_line(err)}") from None
     return OvSession(compiled, label)
 
 

@@ -64,6 +64,11 @@ class QuantTarget:
     # ops quantized: those the runtime runs as integer kernels (ONNX Runtime CPU has no integer
     # ConvTranspose: a Q/DQ pair there only dequantizes the weights back to float, slower and less exact)
     weighted_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+    # the elementwise placement may quantize a constant operand of Add/Mul from its own value (ONNX Runtime then runs
+    # QLinearAdd/QLinearMul); OpenVINO's low-precision transformations crash on an Add of two DequantizeLinear
+    # outputs when one is a constant (PaddleOCR's cls head, MatMul → Add(bias): "AddTransformation … index '0' out of
+    # range", OpenVINO 2026.4): there the constant stays float and OpenVINO folds it
+    quantize_constants: bool = True
 
     @property
     def unsigned(self) -> bool:
@@ -81,7 +86,7 @@ TARGETS: dict[str, QuantTarget] = {
     # into the conv; an int32 bias only adds a DequantizeLinear it must fold first).
     "ov-cpu": QuantTarget("ov-cpu", TensorProto.UINT8, False,
                           "uint8 asymmetric activations, int8 symmetric per-channel weights, float bias "
-                          "(OpenVINO's CPU plugin)"),
+                          "(OpenVINO's CPU plugin)", quantize_constants=False),
     # ONNX Runtime on GPUs takes S8S8 only.
     "ort-cuda": QuantTarget("ort-cuda", TensorProto.INT8, True,
                             "int8 symmetric activations (S8S8), int8 per-channel weights, int32 bias"),
@@ -274,7 +279,7 @@ def plan_qdq(model: onnx.ModelProto, target: str | QuantTarget, keep_float: Iter
         elif elementwise and op in ELEMENTWISE_OPS and len(node.input) == 2 and \
                 all(t in quantized or index.is_value(t) for t in node.input) and \
                 any(t in quantized and t not in plan.constants for t in node.input):
-            if all(t in quantized or quantize_constant(t) for t in node.input):
+            if all(t in quantized or (qt.quantize_constants and quantize_constant(t)) for t in node.input):
                 quantize_output(past_activation(node.output[0]))
         elif op in OWN_RANGE_OPS and node.input and \
                 all(t in quantized for t in node.input if not index.is_constant(t)) and \

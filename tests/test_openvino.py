@@ -158,3 +158,23 @@ def test_bf16_is_a_precision_to_choose_never_a_default():
     # channel, which seeded resnet18's near-flat logits meet or miss by the sample: the verdict is not asserted)
     worst = strict.worst()
     assert worst.sqnr_db >= 40.0 and worst.cosine >= 0.9999, strict.summary()
+
+
+def test_a_real_paddle_model_on_both_cpu_runtimes(cli, ppocr_models, tmp_path):
+    """PaddleOCR's trained cls (another exporter's opset-11 file): OpenVINO's int8 file is made for what OpenVINO
+    compiles (no quantized constant on the head's bias Add, which crashes its low-precision transformations), and
+    ONNX Runtime's int8 file is timed on OpenVINO only where OpenVINO compiles it — else the report says why, and
+    the model's pipeline still passes."""
+    out = tmp_path / "results"
+    done = cli("demo", "--models", "ppocr-cls", "--backend", "ort-cpu,ov-cpu", "--out", out, "--samples", "32",
+               "--eval-samples", "16", "--min-time", "0.3")
+    assert done.exit_code == 0, done.output + done.stderr
+    m = json.loads((out / "ppocr-cls" / "manifest.json").read_text())
+    by_name = {c["name"]: c for c in m["candidates"]}
+    ov_int8, ort_int8 = by_name["int8-ov-cpu"], by_name["int8-ort-cpu"]
+    assert ov_int8["built"] and "ov-cpu" in ov_int8["backends"], ov_int8["why_not"]
+    assert "int8-ov-cpu" in m["latency"]["ov-cpu"]["results"]
+    if "ov-cpu" not in ort_int8["backends"]:
+        assert "OpenVINO cannot compile it" in ort_int8["details"]["not_timed"]["ov-cpu"]
+        assert "int8-ort-cpu" not in m["latency"]["ov-cpu"]["results"]
+    assert set(m["choices"]) == {"ort-cpu", "ov-cpu"}

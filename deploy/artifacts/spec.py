@@ -142,7 +142,9 @@ def load_ir_artifact(path: str | os.PathLike, shape: tuple[int, ...] | Shapes | 
     try:
         model = ov.Core().read_model(str(path))
     except Exception as err:  # not an IR OpenVINO can read
-        raise BadInputError(f"{path}: OpenVINO cannot read it: {first_line(err)}") from None
+        from ..ov import error_line
+
+        raise BadInputError(f"{path}: OpenVINO cannot read it: {error_line(err)}") from None
     dtypes = {"f32": np.float32, "f16": np.float16, "i64": np.int64, "i32": np.int32, "u8": np.uint8, "i8": np.int8,
               "boolean": np.bool_}
     inputs = []

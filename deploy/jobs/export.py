@@ -253,9 +253,9 @@ def export_openvino(artifact: Artifact, output: str | os.PathLike, *, samples: i
             model = ov.Core().read_model(str(source))
             ov.save_model(model, str(staged.path), compress_to_fp16=False)
         except Exception as err:  # the converter's own errors
-            from ..errors import first_line
+            from ..ov import error_line
 
-            raise BadInputError(f"{artifact.label}: OpenVINO's converter refused it: {first_line(err)}") from None
+            raise BadInputError(f"{artifact.label}: OpenVINO's converter refused it: {error_line(err)}") from None
         convert_seconds = time.perf_counter() - start
         say("checking the IR against the ONNX file on ov-cpu")
         ir = load_ir_artifact(staged.path)

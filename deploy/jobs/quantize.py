@@ -155,8 +155,8 @@ class QuantizeReport(Report):
     budget_met: bool | None = None
     preset_failures: list[str] = field(default_factory=list)  # `deploy check --precision` misses, held-out
     allowed_poor: bool = False
-    integer_kernels: dict | None = None  # ONNX Runtime CPU's optimized graph: Conv vs QLinearConv
-    latency: dict | None = None  # int8 vs fp32 medians on ONNX Runtime CPU, interleaved
+    integer_kernels: dict | None = None  # what the runtime runs: ORT's optimized graph, or OpenVINO's compiled one
+    latency: dict | None = None  # int8 vs fp32 medians on the target's CPU runtime, interleaved
     placement: dict | None = None  # each placement tried: its time and preset failures, and the one chosen
     quantized_nodes: int = 0
     nodes_before: int = 0
@@ -212,7 +212,8 @@ class QuantizeReport(Report):
                     f"of deploy check ({'; '.join(self.preset_failures)}): {text}")
         slower = ""
         if self.latency and not self.latency.get("faster", True):
-            slower = (f" — but NOT faster than fp32 here ({speed_verdict(self.latency)} on ONNX Runtime CPU, batch "
+            runtime = CPU_RUNTIMES.get(self.latency.get("runtime", "ort-cpu"), "ONNX Runtime CPU")
+            slower = (f" — but NOT faster than fp32 here ({speed_verdict(self.latency)} on {runtime}, batch "
                       f"{self.latency['batch']}): int8 does not pay on this model as quantized")
         if self.passed:
             return (f"PASSED {self.output}: {text}" + (f" (budget {self.budget} met)" if self.budget else "")
@@ -782,8 +783,18 @@ def _order_placements(fp32, placements: list[str], ranges, keep: set[str], judge
     models, found = {}, {}
     for name in placements:
         models[name] = build(ranges, keep, name)[0]
-        score, diff = judge.score_and_preset(models[name], f"{report.chosen}, {name}")
+        try:
+            score, diff = judge.score_and_preset(models[name], f"{report.chosen}, {name}")
+        except BadInputError as err:  # the target's runtime refuses this placement's file (the first one it ran)
+            if name == placements[0]:
+                raise
+            report.notes.append(f"placement {name} dropped: {err}")
+            del models[name]
+            continue
         found[name] = {"score": score, "diff": diff}
+    placements = [n for n in placements if n in found]
+    if len(placements) == 1:
+        return placements, {placements[0]: found[placements[0]]["score"]}
     fp32_ms, medians, ratios, rounds, times = _interleaved_medians(
         fp32, [models[n] for n in placements], feeds, options.threads, seconds=3.0, runtime=_runtime(options.target))
     for i, (name, ms, ratio) in enumerate(zip(placements, medians, ratios)):

@@ -88,7 +88,8 @@ def choose(backend: str, candidates: list[Candidate], timings: dict[str, Timing]
         if not c.built:
             losers[c.name] = f"not built: {c.why_not}"
         elif c.name not in timings:
-            losers[c.name] = f"not timed on {backend}"
+            why = (c.details.get("not_timed") or {}).get(backend)
+            losers[c.name] = f"not timed on {backend}" + (f": {why}" if why else "")
         elif not c.within_budget:
             losers[c.name] = "over budget: " + "; ".join(c.misses)
     if not within:

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..artifacts.files import umask_mode
 from ..backends.cpu_sessions import CPU_RUNTIMES
-from ..errors import BadInputError
+from ..errors import BadInputError, DeployError, first_line
 from ..harness.heldout import Budget
 from ..reporting import Report
 from .candidates import (
@@ -200,6 +200,22 @@ def check_backends(backends: tuple[str, ...]) -> None:
             raise MissingDependencyError(f"backend {name} unavailable here: {why}")
 
 
+def _drop_what_will_not_load(c: Candidate, work: Path, threads: int | None) -> None:
+    """An int8 file made for one CPU runtime is also timed on the other, which may refuse it (OpenVINO's low-precision
+    transformations crash on an ONNX Runtime file's quantized bias Add in PaddleOCR's cls head): that runtime then
+    does not time it, and the report says why, instead of the whole model failing."""
+    from ..backends.cpu_sessions import open_session
+
+    if c.precision != "int8":
+        return
+    for backend in [b for b in c.backends if b in CPU_RUNTIMES and b != c.details.get("target")]:
+        try:
+            open_session(work / c.file, threads, backend)
+        except DeployError as err:
+            c.backends.remove(backend)
+            c.details.setdefault("not_timed", {})[backend] = first_line(err).replace(str(work) + os.sep, "")
+
+
 def time_candidates(backend: str, files: list[tuple[str, Path]], batch: int, min_time: float,
                     threads: int | None, tick: Callable[[str], None] | None = None,
                     shape: tuple[int | str, ...] | None = None,
@@ -332,6 +348,7 @@ def run_pipeline(artifact, folder: str | Path, options: PipelineOptions, progres
             if c.built:
                 c.backends = [b for b in options.backends
                               if runs_on(c, b) and (c.precision != "fp16" or b in FP16_BACKENDS)]
+                _drop_what_will_not_load(c, work, options.threads)
         step(f"certificates: {sum(c.built for c in candidates)} candidates on {len(held.array)} held-out samples")
         for c in candidates:
             if c.built:
