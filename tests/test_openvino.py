@@ -178,3 +178,10 @@ def test_a_real_paddle_model_on_both_cpu_runtimes(cli, ppocr_models, tmp_path):
         assert "OpenVINO cannot compile it" in ort_int8["details"]["not_timed"]["ov-cpu"]
         assert "int8-ort-cpu" not in m["latency"]["ov-cpu"]["results"]
     assert set(m["choices"]) == {"ort-cpu", "ov-cpu"}
+    # debug on OpenVINO over several runs: Paddle's shape tensors (int64 Reshape targets) are recomputed, not fed
+    folder = out / "ppocr-cls"
+    found = deploy.debug(str(folder / "fp32.onnx"), str(folder / by_name["int8-ov-cpu"]["file"]), backend_b="ov-cpu",
+                         precision="int8", data=str(tmp_path / "results" / "data" / "ocr-cls-eval.npz"), samples=16,
+                         run_batch=4, impact=0, shape=(1, 3, 48, 192))
+    assert found.backend_candidate == "ov-cpu" and len(found.layers) > 20
+    assert all(np.isfinite(e.local.sqnr_db) for e in found.layers if e.op == "Conv")

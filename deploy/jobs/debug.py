@@ -214,7 +214,7 @@ def cut_model(model, fed: set[str], outputs: list[str], types: dict[str, int],
 
 
 def boundaries(model, aligned: set[str]) -> dict[str, list[str]]:
-    """For each aligned tensor: the aligned tensors and graph inputs its local subgraph reads.
+    """For each tensor: the ``aligned`` tensors (those fed) and graph inputs its local subgraph reads.
 
     One pass in node order (no recursion: graphs of thousands of nodes): an unaligned tensor's reads are
     its producer's inputs' reads; an aligned tensor, a graph input, read as an input, is a read itself."""
@@ -234,9 +234,8 @@ def boundaries(model, aligned: set[str]) -> dict[str, list[str]]:
         for t in node.output:
             if not t or t in constants:
                 continue
-            if t in aligned:
-                out[t] = found
-            else:
+            out[t] = found
+            if t not in aligned:
                 reads[t] = found
     return out
 
@@ -434,6 +433,7 @@ def run_onnx(model, batches: list[dict[str, np.ndarray]], outputs: list[str], ba
 # ----------------------------------------------------------------------------------------------- debug
 
 PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
+FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16 (onnx loads with the job)
 RUNTIMES = {"ort-cpu": "ONNX Runtime", "ort-cuda": "ONNX Runtime", "ov-cpu": "OpenVINO"}
 
 
@@ -560,7 +560,11 @@ def debug_artifacts(reference, candidate, *, backend_reference: str | None = Non
                             f"has another shape")
 
     progress("local view")
-    fed = set(aligned)
+    # A's values replace B's where they hold float samples along axis 0; a shape tensor (Paddle's Reshape targets:
+    # the same few int64 per batch) is recomputed in B, not sliced out of every batch's values joined together
+    samples = sum(len(next(iter(b.values()))) for b in batches)
+    fed = {t for t in aligned if types_b.get(t, 1) in FLOAT_TYPES and values_a[pairs[t]].ndim >= 1
+           and values_a[pairs[t]].shape[0] == samples}
     cut = cut_model(model_b, fed, aligned, types_b, {t: values_a[pairs[t]].shape for t in fed})
 
     given = {t + REF_SUFFIX: values_a[pairs[t]] for t in fed}
