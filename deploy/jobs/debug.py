@@ -404,9 +404,9 @@ def trace_torch(module, batches: list[dict[str, np.ndarray]], names: list[str],
 def _session(model, backend: str, threads: int | None):
     """``model`` on ``backend``: ONNX Runtime with its provider, or OpenVINO's CPU plugin (same session calls)."""
     if backend == "ov-cpu":
-        from ..ov import cpu_session as ov_session
+        from ..backends.cpu_sessions import open_session
 
-        return ov_session(model, threads)
+        return open_session(model, threads, backend)
     return cpu_session(model, threads, provider=PROVIDERS[backend])
 
 
